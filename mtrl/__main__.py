@@ -1,0 +1,3 @@
+from mtrl.cli import main
+
+raise SystemExit(main())

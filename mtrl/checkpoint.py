@@ -1,0 +1,40 @@
+"""Checkpoints: written atomically (temp file, then rename), loaded with one-line errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A missing or unreadable checkpoint; the message is one line."""
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` so that a crash mid-write never leaves a truncated file behind."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory holding ``checkpoint.pt``."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint: '{path}' does not exist (give a run directory or a checkpoint.pt file)")
+    return p
+
+
+def load(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    p = resolve(path)
+    try:
+        return torch.load(p, map_location=device, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise CheckpointError(f"checkpoint: cannot read '{p}' ({type(exc).__name__}: {exc})") from None

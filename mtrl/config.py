@@ -1,0 +1,385 @@
+"""Frozen dataclass configs, one docstring per field, and the flat ``dotted.key: value`` layer shared by YAML
+presets, the command line and the ``config.yaml`` saved in every run directory.
+
+A combiner is a tagged union: ``combiner`` (or ``combiner.name``) names one entry of :data:`mtrl.mto.COMBINERS`,
+and ``combiner.<option>`` sets that combiner's own typed options.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import textwrap
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mtrl.mto import COMBINERS
+from mtrl.mto.mean import MeanConfig
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message is one line: the field, what was given, what is allowed."""
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    benchmark: str = "toy"
+    """toy (K-task point reaching, for tests and the CPU demo), MT10, MT50, or MT1-<task> (e.g. MT1-reach-v3)."""
+    protocol: Literal["official", "legacy"] = "official"
+    """Meta-World protocol. official: v3 defaults, 50 goals per task resampled each episode, 500-step episodes,
+    evaluation cycles through the goals. legacy: the mtrl/CARE setting, one fixed goal per task chosen from the
+    seed, 150-step episodes."""
+    reward_version: Literal["v1", "v2"] = "v2"
+    """Meta-World reward function version."""
+    max_episode_steps: int = 0
+    """Episode length; 0 takes the protocol's (official 500, legacy 150, toy 50)."""
+    vector_strategy: Literal["sync", "async"] = "sync"
+    """Meta-World vector env: sync (one process) or async (one worker process per task)."""
+    toy_tasks: int = 4
+    """Number of tasks of the toy env."""
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    hidden_dim: int = 256
+    """Width of each hidden layer."""
+    num_layers: int = 2
+    """Number of hidden layers."""
+    layer_norm: bool = False
+    """LayerNorm after each hidden linear layer (before the ReLU)."""
+    dropout: float = 0.0
+    """Dropout probability after each hidden layer (0 = off); active in updates, off when acting."""
+    lr: float = 3e-4
+    """Adam(W) learning rate."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (AdamW); 0 = plain Adam."""
+    max_grad_norm: float = 0.0
+    """Clip the global gradient norm to this value before the step (0 = off)."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    conditioning: Literal["none", "one_hot", "multi_head"] = "one_hot"
+    """How the networks know the task. none: not at all (mtrl's MT-SAC); one_hot: the task one-hot is concatenated
+    to the input; multi_head: shared trunk with one output head per task (the one-hot is not input)."""
+    actor: NetConfig = field(default_factory=NetConfig)
+    """Actor network and optimizer."""
+    critic: NetConfig = field(default_factory=NetConfig)
+    """Twin-Q critic network and optimizer."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Polyak rate of the target critic."""
+    temperature: Literal["per_task", "shared"] = "per_task"
+    """Entropy temperature alpha: one per task, or one shared by all tasks."""
+    init_temperature: float = 1.0
+    """Initial alpha."""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of log(alpha)."""
+    q_target_clip: bool = False
+    """Clip TD targets to +-max|r|/(1-gamma) of the task's (normalized) rewards seen so far (Kurin et al.)."""
+    schedule: Literal["joint", "alternating"] = "joint"
+    """joint: one update of all tasks per step, through the combiner. alternating: Pascal et al.'s independent
+    update steps, one optimizer step per task group in sequence."""
+
+
+@dataclass(frozen=True)
+class BufferConfig:
+    kind: Literal["stratified", "uniform"] = "stratified"
+    """stratified: per-task buffers, every batch has batch_size/K rows of each task. uniform: one shared FIFO
+    sampled uniformly (mtrl legacy)."""
+    capacity: int = 100_000
+    """Total transitions kept (capacity/K per task when stratified)."""
+    batch_size: int = 256
+    """Transitions per update over all tasks (batch_size/K per task when stratified)."""
+    reward_norm: bool = False
+    """Divide sampled rewards by the running per-task reward std (no mean shift; Kurin et al.)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 1
+    """Seed for networks, buffer sampling, combiners and environments."""
+    total_steps: int = 4000
+    """Vector-env steps (= environment steps per task)."""
+    warmup_steps: int = 500
+    """Random-action steps before the first update."""
+    updates_per_step: int = 1
+    """Gradient updates per vector-env step after warm-up."""
+    eval_interval: int = 1000
+    """Evaluate every this many steps (and at the end); 0 = only at the end."""
+    eval_episodes: int = 10
+    """Evaluation episodes per task (official Meta-World protocol: 50, one per goal)."""
+    log_interval: int = 250
+    """Write training scalars every this many steps."""
+    checkpoint_interval: int = 2000
+    """Write a checkpoint every this many steps (and at the end)."""
+    run_dir: str = "runs"
+    """Parent folder of run directories."""
+    run_name: str = ""
+    """Run directory name; empty = {benchmark}__{combiner}__s{seed}__{timestamp}."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Torch device; auto picks cuda when available."""
+    threads: int = 0
+    """torch CPU threads; 0 = torch's default."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Environment."""
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    """Multi-task SAC agent."""
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    """Replay buffer."""
+    combiner: Any = field(default_factory=MeanConfig)
+    """Combiner of the per-task losses/gradients; one of: {combiners}."""
+    combine_critic: bool = True
+    """Apply the combiner to the critic update."""
+    combine_actor: bool = True
+    """Apply the combiner to the actor update."""
+    combine_alpha: bool = False
+    """Apply the combiner (own instance) to the temperature update; off = plain mean."""
+
+
+# ----------------------------------------------------------------------------------------------- flat key layer
+
+_TAGGED = {"combiner": COMBINERS}
+
+
+def combiner_name(cfg: Any) -> str:
+    """The command-line name of a combiner config instance."""
+    for name, cls in COMBINERS.items():
+        if type(cfg) is cls:
+            return name
+    raise ConfigError(f"unknown combiner config type {type(cfg).__name__}")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string literal under each field) of a dataclass, by field name."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _allowed(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+    if tp is bool:
+        return "true or false"
+    return f"a{'n' if tp is int else ''} {getattr(tp, '__name__', str(tp))}"
+
+
+def _coerce(key: str, raw: Any, tp: Any) -> Any:
+    """Convert ``raw`` (a YAML value or a command-line string) to ``tp``, or raise a one-line ConfigError."""
+    bad = ConfigError(f"{key}: got {raw!r}, expected {_allowed(tp)}")
+    if typing.get_origin(tp) is Literal:
+        options = typing.get_args(tp)
+        for opt in options:
+            if raw == opt or str(raw) == str(opt):
+                return opt
+        raise bad
+    if tp is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return raw.lower() in ("true", "1", "yes", "on")
+        raise bad
+    if tp is int:
+        if isinstance(raw, bool):
+            raise bad
+        if isinstance(raw, int):
+            return raw
+        try:
+            as_float = float(str(raw).replace("_", ""))
+        except ValueError:
+            raise bad from None
+        if not as_float.is_integer():
+            raise bad
+        return int(as_float)
+    if tp is float:
+        if isinstance(raw, bool):
+            raise bad
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise bad from None
+    if tp is str:
+        if isinstance(raw, (dict, list)):
+            raise bad
+        return str(raw)
+    if typing.get_origin(tp) in (tuple, list):
+        items = raw if isinstance(raw, (list, tuple)) else [s for s in str(raw).replace(",", " ").split() if s]
+        (inner, *_) = typing.get_args(tp) or (str,)
+        return tuple(_coerce(key, item, inner) for item in items)
+    raise bad
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested YAML mapping -> ``{"a.b.c": value}``; dotted keys pass through."""
+    out: dict[str, Any] = {}
+    for k, v in mapping.items():
+        key = f"{prefix}{str(k).replace('-', '_')}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _apply(obj: Any, items: dict[str, Any], prefix: str) -> Any:
+    """Return a copy of dataclass ``obj`` with flat ``items`` (keys relative to ``prefix``) applied."""
+    cls = type(obj)
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    changes: dict[str, Any] = {}
+    for name in names:
+        full = prefix + name
+        if name in _TAGGED and not prefix:
+            variants = _TAGGED[name]
+            current = getattr(obj, name)
+            chosen = items.get(full, items.get(full + ".name"))
+            if chosen is not None:
+                if str(chosen) not in variants:
+                    raise ConfigError(f"{full}: got {chosen!r}, expected one of {', '.join(variants)}")
+                if type(current) is not variants[str(chosen)]:
+                    current = variants[str(chosen)]()
+            sub = {k: v for k, v in items.items() if k.startswith(full + ".") and k != full + ".name"}
+            changes[name] = _apply(current, sub, full + ".")
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            sub = {k: v for k, v in items.items() if k.startswith(full + ".")}
+            if full in items:
+                raise ConfigError(f"{full}: is a section; set its fields as {full}.<field>")
+            changes[name] = _apply(getattr(obj, name), sub, full + ".")
+        elif full in items:
+            changes[name] = _coerce(full, items[full], tp)
+    known = {prefix + n for n in names}
+    for key in items:
+        if not any(key == k or key.startswith(k + ".") for k in known):
+            raise ConfigError(f"unknown config key '{key}'; valid keys here: {', '.join(sorted(known))}")
+    return dataclasses.replace(obj, **changes)
+
+
+def from_flat(items: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """Apply flat ``dotted.key: value`` items to ``base`` (default: the embedded defaults) and validate."""
+    cfg = _apply(base or TrainConfig(), {k.replace("-", "_"): v for k, v in items.items()}, "")
+    validate(cfg)
+    return cfg
+
+
+def to_flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """The inverse of :func:`from_flat`: every field as ``dotted.key: value`` (tagged unions write ``.name``)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = prefix + f.name
+        if f.name in _TAGGED and not prefix:
+            out[key] = combiner_name(value)
+            out.update(to_flat(value, key + "."))
+        elif dataclasses.is_dataclass(value):
+            out.update(to_flat(value, key + "."))
+        else:
+            out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a flat (or nested) YAML preset into flat items; one-line errors for missing or malformed files."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config: file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config: '{path}' is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: '{path}' must be a mapping of config keys to values")
+    return flatten(data)
+
+
+def dump_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(to_flat(cfg), sort_keys=False)
+
+
+_POSITIVE = ("total_steps", "updates_per_step", "log_interval", "checkpoint_interval", "eval_episodes")
+_NON_NEGATIVE = ("warmup_steps", "eval_interval", "threads", "env.max_episode_steps")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check values that types alone cannot; raise a one-line ConfigError naming the field."""
+    flat = to_flat(cfg)
+    for key in _POSITIVE:
+        if flat[key] <= 0:
+            raise ConfigError(f"{key}: got {flat[key]}, expected a positive integer")
+    for key in _NON_NEGATIVE:
+        if flat[key] < 0:
+            raise ConfigError(f"{key}: got {flat[key]}, expected an integer >= 0")
+    for net in ("agent.actor", "agent.critic"):
+        for key in ("hidden_dim", "num_layers"):
+            if flat[f"{net}.{key}"] <= 0:
+                raise ConfigError(f"{net}.{key}: got {flat[f'{net}.{key}']}, expected a positive integer")
+        if not 0.0 <= flat[f"{net}.dropout"] < 1.0:
+            raise ConfigError(f"{net}.dropout: got {flat[f'{net}.dropout']}, expected a probability in [0, 1)")
+        for key in ("lr",):
+            if flat[f"{net}.{key}"] <= 0:
+                raise ConfigError(f"{net}.{key}: got {flat[f'{net}.{key}']}, expected a positive number")
+        for key in ("weight_decay", "max_grad_norm"):
+            if flat[f"{net}.{key}"] < 0:
+                raise ConfigError(f"{net}.{key}: got {flat[f'{net}.{key}']}, expected a number >= 0")
+    for key in ("agent.alpha_lr", "agent.init_temperature"):
+        if flat[key] <= 0:
+            raise ConfigError(f"{key}: got {flat[key]}, expected a positive number")
+    if not 0.0 <= flat["agent.gamma"] < 1.0:
+        raise ConfigError(f"agent.gamma: got {flat['agent.gamma']}, expected a number in [0, 1)")
+    if not 0.0 < flat["agent.tau"] <= 1.0:
+        raise ConfigError(f"agent.tau: got {flat['agent.tau']}, expected a number in (0, 1]")
+    if cfg.env.toy_tasks < 1:
+        raise ConfigError(f"env.toy_tasks: got {cfg.env.toy_tasks}, expected a positive integer")
+    if cfg.buffer.batch_size <= 0 or cfg.buffer.capacity <= 0:
+        bad = "buffer.batch_size" if cfg.buffer.batch_size <= 0 else "buffer.capacity"
+        raise ConfigError(f"{bad}: got {flat[bad]}, expected a positive integer")
+    bench = cfg.env.benchmark
+    if not (bench in ("toy", "MT10", "MT50") or bench.startswith("MT1-")):
+        raise ConfigError(f"env.benchmark: got {bench!r}, expected toy, MT10, MT50 or MT1-<task> (e.g. MT1-reach-v3)")
+    check = getattr(cfg.combiner, "validate", None)
+    if check is not None:
+        check()
+
+
+def help_rows(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, doc) for every leaf field, for ``--help``."""
+    rows: list[tuple[str, str, str]] = []
+    docs = field_docs(cls)
+    default = cls()
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        value = getattr(default, f.name)
+        doc = docs.get(f.name, "")
+        if f.name in _TAGGED and not prefix:
+            doc = doc.replace("{combiners}", ", ".join(COMBINERS))
+            rows.append((key, combiner_name(value), doc))
+            for name, variant in COMBINERS.items():
+                for sub_key, sub_default, sub_doc in help_rows(variant, f"{key}."):
+                    rows.append((sub_key, sub_default, f"[{name}] {sub_doc}"))
+        elif dataclasses.is_dataclass(value):
+            rows.extend(help_rows(type(value), key + "."))
+        else:
+            tp = _hints(cls)[f.name]
+            allowed = f" ({_allowed(tp)})" if typing.get_origin(tp) is Literal else ""
+            rows.append((key, str(value), doc + allowed))
+    return rows

@@ -1,0 +1,300 @@
+"""The combiner contract: per-task gradients (or only per-task losses) in, one update direction out.
+
+Scale convention, one for all combiners: :class:`~mtrl.mto.mean.Mean` returns exactly the gradient of the mean task
+loss. Every other combiner documents its scale against it.
+
+Diagnostics (``stats``): every combiner records, after each call, **tensors** in :attr:`Combiner.stats_tensors`
+(no host sync is added by the bookkeeping); :attr:`Combiner.stats` converts them to floats lazily, with one host
+transfer per device, when a logger reads it. The keys are
+
+* ``cos_sim_mean``: mean pairwise cosine similarity of the rows of ``G`` (0 for K=1; zero rows count as cosine 0),
+* ``num_conflicts``: number of pairs ``i<j`` with ``g_i . g_j < 0``,
+* ``grad_norm_before``: norm of the mean gradient ``||mean_k g_k||``,
+* ``grad_norm_after``: norm of the returned direction,
+* ``weight/<k>``: the coefficient of task ``k``'s gradient in the result (``d = sum_k weight_k g_k``, or the loss
+  weights of a :class:`Weighting`), for methods that have weights.
+
+Loss-space methods have no ``G`` and record only the weights. Gradient-space methods work in Gramian space: the
+``[K, K]`` matrix ``G G^T`` is moved to the CPU in float64 (one host sync, which their solvers need anyway), the
+weights are computed there and the direction is ``weights @ G`` on the gradients' device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+
+class Weighting(NamedTuple):
+    """Loss-space answer of a combiner: the direction is ``sum_k weights[k] * grad L_k``.
+
+    The caller realises it with one backward of ``(weights.detach() * losses).sum()``.
+    """
+
+    weights: Tensor  # [K]
+
+
+class NonFiniteError(RuntimeError):
+    """A combiner was handed a non-finite loss or gradient."""
+
+
+class Combiner(nn.Module):
+    """Maps per-task gradients ``G [K, P]`` (and per-task losses ``[K]``) to one direction ``d [P]``.
+
+    Subclasses set :attr:`requires_grads`: ``False`` for loss-space methods, which get ``grads=None`` and return a
+    :class:`Weighting`; ``True`` for gradient-space methods, which return the direction ``[P]``.
+    Randomness comes from :attr:`generator` (seeded, saved in :meth:`state_dict`). After each call
+    :attr:`stats_tensors` holds scalar diagnostics as tensors and :attr:`stats` the same as floats (converted lazily,
+    on read) for TensorBoard (logged under ``mto/``).
+    """
+
+    requires_grads: ClassVar[bool] = False
+    #: loss-space methods that learn from the losses after the optimizer step (FAMO) set this and get
+    #: :meth:`after_step` called with the per-task losses recomputed on the same batch.
+    needs_losses_after_step: ClassVar[bool] = False
+
+    def __init__(self, num_tasks: int, seed: int = 0) -> None:
+        super().__init__()
+        if num_tasks < 1:
+            raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+        self.num_tasks = num_tasks
+        self.generator = torch.Generator().manual_seed(seed)
+        self.stats: dict[str, float] = {}
+
+    def forward(self, grads: Tensor | None, losses: Tensor) -> Tensor | Weighting:  # pragma: no cover - abstract
+        """:param grads: ``[K, P]`` per-task gradients over the shared parameters, or ``None`` for loss-space methods.
+        :param losses: ``[K]`` per-task losses (detached).
+        :returns: the direction ``[P]`` or a :class:`Weighting`.
+        """
+        raise NotImplementedError
+
+    def after_step(self, losses_after: Tensor) -> None:
+        """Hook for methods with :attr:`needs_losses_after_step`; a no-op otherwise."""
+
+    def check_finite(self, grads: Tensor | None, losses: Tensor) -> None:
+        """Raise :class:`NonFiniteError` naming this combiner and the first offending task.
+
+        One host sync. The gradients are screened through their row sums (any NaN/inf makes the sum non-finite);
+        only when a row sum is non-finite are the entries inspected, so a finite matrix costs one reduction pass.
+        """
+        bad = ~torch.isfinite(losses)
+        if grads is not None:
+            bad = bad | ~torch.isfinite(grads.sum(dim=1))
+        if bool(bad.any()):
+            if grads is not None:  # exact check (a finite row can overflow its float sum)
+                bad = ~torch.isfinite(losses) | ~torch.isfinite(grads).all(dim=1)
+                if not bool(bad.any()):
+                    return
+            task = int(bad.nonzero()[0, 0])
+            what = "loss" if not bool(torch.isfinite(losses[task])) else "gradient"
+            raise NonFiniteError(f"combiner '{self}' got a non-finite {what} for task {task}")
+
+    # ------------------------------------------------------------------------------------------------ stats
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """The last call's diagnostics as floats (see the module docstring for the keys).
+
+        Converted from :attr:`stats_tensors` on first read after a call: one host transfer per device.
+        """
+        if self._stats_floats is None:
+            self._stats_floats = stats_to_floats(self.stats_tensors)
+        return self._stats_floats
+
+    @stats.setter
+    def stats(self, value: dict[str, float]) -> None:
+        self.stats_tensors: dict[str, Tensor] = {k: torch.tensor(float(v)) for k, v in value.items()}
+        self._stats_floats: dict[str, float] | None = dict(value)
+
+    def record_stats(
+        self, gram: Tensor | None = None, weights: Tensor | None = None, direction: Tensor | None = None
+    ) -> None:
+        """Store this call's diagnostics as tensors (no host sync).
+
+        :param gram: ``[K, K]`` Gramian ``G G^T`` (gradient-space methods); gives the cosine, conflict and norm stats.
+        :param weights: ``[K]`` coefficient of each task's gradient (or loss) in the result, if the method has them;
+            with ``gram`` it also gives ``grad_norm_after = sqrt(w^T G G^T w)``.
+        :param direction: ``[P]`` the returned direction, for methods without weights (``grad_norm_after``).
+        """
+        out: dict[str, Tensor] = {}
+        if gram is not None:
+            out.update(gramian_stats(gram))
+            if weights is not None:
+                w = weights.to(gram)
+                out["grad_norm_after"] = (w @ gram @ w).clamp_min(0).sqrt()
+        if direction is not None:
+            out["grad_norm_after"] = torch.linalg.vector_norm(direction.detach())
+        if weights is not None:
+            out["weight"] = weights.detach()
+        self.stats_tensors = out
+        self._stats_floats = None
+
+    # ------------------------------------------------------------------------------------------------ helpers
+
+    def device_generator(self, device: torch.device) -> torch.Generator:
+        """A generator for drawing on ``device``: the owned one on CPU; elsewhere a fresh generator on ``device``
+        seeded from the owned one, so the saved CPU state still determines every draw."""
+        if device.type == "cpu":
+            return self.generator
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        return torch.Generator(device=device).manual_seed(seed)
+
+    def follow_device(self, ref: Tensor) -> None:
+        """Move this module's buffers (state) to ``ref``'s device if they are elsewhere."""
+        for buf in self.buffers():
+            if buf.device != ref.device:
+                self.to(ref.device)
+            return
+
+    def check_num_tasks(self, grads: Tensor | None, losses: Tensor) -> None:
+        """Raise ``ValueError`` when the inputs do not have :attr:`num_tasks` rows."""
+        if losses.shape != (self.num_tasks,):
+            raise ValueError(f"combiner '{self}' expects losses of shape [{self.num_tasks}], got {tuple(losses.shape)}")
+        if self.requires_grads:
+            if grads is None:
+                raise ValueError(f"combiner '{self}' needs the per-task gradients [K, P], got None")
+            if grads.dim() != 2 or grads.shape[0] != self.num_tasks:
+                raise ValueError(f"combiner '{self}' expects grads of shape [{self.num_tasks}, P], got {grads.shape}")
+
+    def get_extra_state(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+    def __str__(self) -> str:
+        return type(self).__name__.lower()
+
+
+class GramianCombiner(Combiner):
+    """A gradient-space combiner whose direction is ``weights @ G`` with weights computed from the Gramian only.
+
+    Subclasses implement :meth:`weights`; :meth:`forward` checks the inputs, computes ``G G^T`` (on the gradients'
+    device, then float64 CPU), calls :meth:`weights` on one intra-op thread (:func:`single_thread`), records the
+    stats and returns ``weights @ G``.
+    """
+
+    requires_grads = True
+
+    def weights(self, gram: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """:param gram: ``[K, K]`` float64 CPU Gramian. :returns: ``[K]`` float64 coefficients of the gradients."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def forward(self, grads: Tensor | None, losses: Tensor) -> Tensor:
+        self.check_num_tasks(grads, losses)
+        assert grads is not None
+        self.check_finite(grads, losses)
+        gram = gramian(grads)
+        with single_thread():
+            weights = self.weights(gram)
+            self.record_stats(gram, weights)
+        return weighted_sum(weights, grads)
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run the enclosed (tiny, ``K x K``) tensor work on one intra-op thread, then restore the thread count.
+
+    Small LAPACK/BLAS calls gain nothing from threads, and on a busy machine the OpenMP barrier of a 50 x 50 solve
+    was measured at 10-50 ms instead of 0.05 ms. Toggling costs < 1 us. (Process-global: do not run other torch
+    work concurrently from another Python thread.)
+    """
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def stats_to_floats(tensors: dict[str, Tensor]) -> dict[str, float]:
+    """Convert a ``stats_tensors`` dict to floats (one transfer per device); a ``weight`` vector ``[K]`` becomes
+    ``weight/0 .. weight/K-1``."""
+    if not tensors:
+        return {}
+    by_device: dict[torch.device, list[str]] = {}
+    for key, t in tensors.items():
+        by_device.setdefault(t.device, []).append(key)
+    out: dict[str, float] = {}
+    for keys in by_device.values():
+        flat = torch.cat([tensors[k].detach().reshape(-1).to(torch.float64) for k in keys]).tolist()
+        pos = 0
+        for key in keys:
+            n = tensors[key].numel()
+            if key == "weight":
+                for k in range(n):
+                    out[f"weight/{k}"] = flat[pos + k]
+            else:
+                out[key] = flat[pos]
+            pos += n
+    return out
+
+
+def gramian(grads: Tensor) -> Tensor:
+    """``G G^T`` of ``grads [K, P]``, computed on the gradients' device, returned on the CPU in float64 ``[K, K]``,
+    symmetrised."""
+    gram = (grads @ grads.T).to("cpu", torch.float64)
+    return 0.5 * (gram + gram.T)
+
+
+def gramian_stats(gram: Tensor) -> dict[str, Tensor]:
+    """``cos_sim_mean``, ``num_conflicts`` and ``grad_norm_before`` from a Gramian ``[K, K]`` (0-d tensors)."""
+    k = gram.shape[0]
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    denom = norms[:, None] * norms[None, :]
+    cos = torch.where(denom > 0, gram / denom.clamp_min(torch.finfo(gram.dtype).tiny), torch.zeros_like(gram))
+    iu = torch.triu_indices(k, k, 1, device=gram.device)
+    pairs = cos[iu[0], iu[1]]
+    zero = torch.zeros((), dtype=gram.dtype, device=gram.device)
+    return {
+        "cos_sim_mean": pairs.mean() if k > 1 else zero,
+        "num_conflicts": (gram[iu[0], iu[1]] < 0).sum().to(gram.dtype),
+        "grad_norm_before": gram.sum().clamp_min(0).sqrt() / k,
+    }
+
+
+def weighted_sum(weights: Tensor, grads: Tensor) -> Tensor:
+    """``sum_k weights[k] grads[k]``: the direction ``[P]`` on the gradients' device and dtype."""
+    return weights.to(device=grads.device, dtype=grads.dtype) @ grads
+
+
+def adam_update(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: int,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> None:
+    """One in-place Adam step (``torch.optim.Adam`` semantics, coupled L2 ``weight_decay``) on a small state tensor.
+
+    Used by combiners that learn their own task weights (FAMO logits, UW log-variances, GradNorm weights) so that
+    the optimizer state lives in registered buffers and is saved by ``state_dict``.
+
+    :param step: the step number, starting at 1.
+    """
+    if weight_decay:
+        grad = grad + weight_decay * param
+    exp_avg.mul_(betas[0]).add_(grad, alpha=1 - betas[0])
+    exp_avg_sq.mul_(betas[1]).addcmul_(grad, grad, value=1 - betas[1])
+    bias1 = 1 - betas[0] ** step
+    bias2 = 1 - betas[1] ** step
+    denom = (exp_avg_sq.sqrt() / math.sqrt(bias2)).add_(eps)
+    param.addcdiv_(exp_avg, denom, value=-lr / bias1)
+
+
+def fmt(x: float) -> str:
+    """Short float for run names: 0.4 -> '0.4', 1.0 -> '1', 1e-05 -> '1e-05'."""
+    return f"{x:g}"

@@ -1,0 +1,107 @@
+"""Per-task losses and gradients, and writing a combiner's direction back into ``.grad``.
+
+A loss is given as ``loss_rows(params, inputs) -> [N]``: one loss per batch row, computed with
+``torch.func.functional_call`` from a dict of parameters, so the same function serves three paths:
+
+- loss space (``Mean``, FAMO, ...): one backward of ``sum_k w_k L_k``;
+- gradient space, stratified batch (rows grouped by task, ``[K, m]``): ``vmap(grad(mean of one task's rows))`` over
+  the task axis, about the cost of one backward, since each task's loss only touches its own rows;
+- gradient space, uniform batch (unequal rows per task): K ``autograd.grad`` calls on one shared forward.
+
+Only the **shared** parameters go through the combiner; task-specific parameters (multi-head output heads) get
+``mean_k grad L_k``, which is their own task's gradient at the ``mean`` combiner's scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import grad, vmap
+
+from mtrl.mto.base import Combiner, Weighting
+
+LossRows = Callable[[dict[str, Tensor], Any], Tensor]
+
+
+def task_mean(rows: Tensor, task: Tensor, num_tasks: int) -> Tensor:
+    """Mean of the per-row values ``rows [N]`` within each task: ``[K]`` (0 for a task without rows)."""
+    sums = torch.zeros(num_tasks, dtype=rows.dtype, device=rows.device).index_add_(0, task, rows)
+    counts = torch.bincount(task, minlength=num_tasks).clamp(min=1)
+    return sums / counts
+
+
+def _chunk(x: Any, k: int) -> Any:
+    if isinstance(x, Tensor):
+        return x.reshape(k, x.shape[0] // k, *x.shape[1:])
+    return type(x)(_chunk(v, k) for v in x)
+
+
+def per_task_grads(
+    loss_rows: LossRows, params: dict[str, Tensor], inputs: Any, task: Tensor, num_tasks: int, stratified: bool
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Per-task gradients ``{name: [K, *shape]}`` and per-task losses ``[K]``.
+
+    :param stratified: rows are task-major with equal counts (row ``i`` belongs to task ``i // (N / K)``); enables
+        the single vmapped pass.
+    """
+    if stratified:
+        detached = {n: p.detach() for n, p in params.items()}
+
+        def one_task(p: dict[str, Tensor], chunk: Any) -> tuple[Tensor, Tensor]:
+            loss = loss_rows(p, chunk).mean()
+            return loss, loss.detach()
+
+        grads, losses = vmap(grad(one_task, has_aux=True), in_dims=(None, 0), randomness="different")(
+            detached, _chunk(inputs, num_tasks)
+        )
+        return grads, losses
+    losses = task_mean(loss_rows(params, inputs), task, num_tasks)
+    names, plist = list(params), list(params.values())
+    rows: list[tuple[Tensor | None, ...]] = [
+        torch.autograd.grad(losses[k], plist, retain_graph=k < num_tasks - 1, allow_unused=True)
+        for k in range(num_tasks)
+    ]
+    grads = {
+        n: torch.stack([g[i] if g[i] is not None else torch.zeros_like(plist[i]) for g in rows])
+        for i, n in enumerate(names)
+    }
+    return grads, losses.detach()
+
+
+def combine_backward(
+    loss_rows: LossRows,
+    params: dict[str, nn.Parameter],
+    inputs: Any,
+    task: Tensor,
+    combiner: Combiner,
+    task_specific: set[str] = frozenset(),  # type: ignore[assignment]
+    stratified: bool = True,
+) -> Tensor:
+    """Fill ``p.grad`` of every parameter with the combined direction; return the per-task losses ``[K]``."""
+    k = combiner.num_tasks
+    plist = list(params.values())
+    if not combiner.requires_grads:
+        losses = task_mean(loss_rows(params, inputs), task, k)  # [K]
+        weighting = combiner(None, losses.detach())
+        assert isinstance(weighting, Weighting)
+        total = (weighting.weights.detach() * losses).sum()
+        for p, g in zip(plist, torch.autograd.grad(total, plist, allow_unused=True)):
+            p.grad = g if g is not None else torch.zeros_like(p)
+        return losses.detach()
+
+    grads, losses = per_task_grads(loss_rows, params, inputs, task, k, stratified)
+    shared = [n for n in params if n not in task_specific]
+    jac = torch.cat([grads[n].reshape(k, -1) for n in shared], dim=1)  # [K, P]
+    direction = combiner(jac, losses)
+    assert isinstance(direction, Tensor)
+    offset = 0
+    for n in shared:
+        p = params[n]
+        p.grad = direction[offset : offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+    for n in task_specific:
+        params[n].grad = grads[n].mean(0)
+    return losses

@@ -1,0 +1,33 @@
+"""Unitary scalarization: the mean of the task losses (the baseline every combiner is measured against)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mtrl.mto.base import Combiner, Weighting
+
+
+class Mean(Combiner):
+    r"""Gradient of the mean task loss (Kurin et al. 2022, https://arxiv.org/abs/2201.04122).
+
+    .. math:: d = \frac{1}{K} \sum_k \nabla L_k
+
+    One backward of ``losses.mean()``; no per-task gradients.
+    """
+
+    requires_grads = False
+
+    def forward(self, grads: Tensor | None, losses: Tensor) -> Weighting:
+        self.check_finite(None, losses)
+        return Weighting(torch.full_like(losses, 1.0 / self.num_tasks))
+
+
+@dataclass(frozen=True)
+class MeanConfig:
+    """Unitary scalarization: no options."""
+
+    def build(self, num_tasks: int, seed: int = 0) -> Mean:
+        return Mean(num_tasks, seed)

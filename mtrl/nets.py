@@ -1,0 +1,116 @@
+"""Networks: MLP builder, task conditioning, tanh-Gaussian actor, twin-Q critic.
+
+Every network takes ``(x [N, d], task [N])`` so it works on flat batches and, row-chunked, under
+``torch.func.vmap`` for per-task gradients. Task conditioning:
+
+- ``none``: the task is ignored;
+- ``one_hot``: the one-hot task id is concatenated to the input;
+- ``multi_head``: shared trunk, one output head per task. All heads are one ``Linear(hidden, K * out)`` (a single
+  matmul for the whole batch); each row keeps its own task's slice. A head's parameters only receive gradient
+  from its own task's rows: :meth:`TaskConditionedMLP.task_specific_params` names them for the combiners.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mtrl.config import NetConfig
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+def mlp(
+    in_dim: int, hidden_dim: int, num_layers: int, *, layer_norm: bool = False, dropout: float = 0.0
+) -> nn.Sequential:
+    """``num_layers`` x (Linear -> [LayerNorm] -> ReLU -> [Dropout]); the output has ``hidden_dim`` features."""
+    layers: list[nn.Module] = []
+    for i in range(num_layers):
+        layers.append(nn.Linear(in_dim if i == 0 else hidden_dim, hidden_dim))
+        if layer_norm:
+            layers.append(nn.LayerNorm(hidden_dim))
+        layers.append(nn.ReLU())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class TaskConditionedMLP(nn.Module):
+    """An MLP ``[N, in] -> [N, out]`` conditioned on the task ids ``[N]``."""
+
+    def __init__(self, in_dim: int, out_dim: int, num_tasks: int, conditioning: str, cfg: NetConfig) -> None:
+        super().__init__()
+        self.num_tasks, self.out_dim, self.conditioning = num_tasks, out_dim, conditioning
+        extra = num_tasks if conditioning == "one_hot" else 0
+        self.trunk = mlp(in_dim + extra, cfg.hidden_dim, cfg.num_layers, layer_norm=cfg.layer_norm, dropout=cfg.dropout)
+        heads = num_tasks if conditioning == "multi_head" else 1
+        self.head = nn.Linear(cfg.hidden_dim, heads * out_dim)
+        self.register_buffer("eye", torch.eye(num_tasks), persistent=False)
+
+    def forward(self, x: Tensor, task: Tensor) -> Tensor:
+        if self.conditioning == "one_hot":
+            x = torch.cat([x, self.eye[task]], dim=-1)  # [N, in + K]
+        out = self.head(self.trunk(x))  # [N, heads * out]
+        if self.conditioning == "multi_head":
+            out = out.view(*out.shape[:-1], self.num_tasks, self.out_dim)  # [N, K, out]
+            out = torch.take_along_dim(out, task[..., None, None], dim=-2).squeeze(-2)  # [N, out]
+        return out
+
+    def task_specific_params(self) -> set[str]:
+        """Names (relative to this module) of parameters that belong to single tasks."""
+        return {"head.weight", "head.bias"} if self.conditioning == "multi_head" else set()
+
+
+def squash_log_prob(u: Tensor, mu: Tensor, log_std: Tensor) -> Tensor:
+    """Log-density of ``a = tanh(u)``, ``u ~ N(mu, exp(log_std))``: Gaussian log-prob minus log|d tanh/du|.
+
+    Uses ``log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))``, exact and stable for large ``|u|``.
+    """
+    gauss = -0.5 * ((u - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)  # [N, A]
+    log_det = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))  # [N, A]
+    return (gauss - log_det).sum(-1)  # [N]
+
+
+class Actor(nn.Module):
+    """Tanh-Gaussian policy: ``a = tanh(mu + std * eps)``, log-std clamped to [-20, 2] (as SB3 and mtrl)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, conditioning: str, cfg: NetConfig) -> None:
+        super().__init__()
+        self.act_dim = act_dim
+        self.net = TaskConditionedMLP(obs_dim, 2 * act_dim, num_tasks, conditioning, cfg)
+
+    def dist_params(self, obs: Tensor, task: Tensor) -> tuple[Tensor, Tensor]:
+        mu, log_std = self.net(obs, task).chunk(2, dim=-1)  # [N, A] each
+        return mu, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def forward(self, obs: Tensor, task: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """Reparameterized sample with the given standard-normal noise ``eps [N, A]``: ``(action, log_prob [N])``."""
+        mu, log_std = self.dist_params(obs, task)
+        u = mu + log_std.exp() * eps
+        return torch.tanh(u), squash_log_prob(u, mu, log_std)
+
+    def mode(self, obs: Tensor, task: Tensor) -> Tensor:
+        """Deterministic action ``tanh(mu)``."""
+        return torch.tanh(self.dist_params(obs, task)[0])
+
+    def task_specific_params(self) -> set[str]:
+        return {f"net.{n}" for n in self.net.task_specific_params()}
+
+
+class TwinQ(nn.Module):
+    """Two independent Q networks ``Q(s, a)``; returns ``(q1, q2)``, each ``[N]``."""
+
+    def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, conditioning: str, cfg: NetConfig) -> None:
+        super().__init__()
+        self.q1 = TaskConditionedMLP(obs_dim + act_dim, 1, num_tasks, conditioning, cfg)
+        self.q2 = TaskConditionedMLP(obs_dim + act_dim, 1, num_tasks, conditioning, cfg)
+
+    def forward(self, obs: Tensor, act: Tensor, task: Tensor) -> tuple[Tensor, Tensor]:
+        x = torch.cat([obs, act], dim=-1)
+        return self.q1(x, task).squeeze(-1), self.q2(x, task).squeeze(-1)
+
+    def task_specific_params(self) -> set[str]:
+        return {f"{q}.{n}" for q in ("q1", "q2") for n in self.q1.task_specific_params()}

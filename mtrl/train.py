@@ -1,0 +1,219 @@
+"""THE training loop: collect -> add -> sample -> update -> log -> evaluate -> checkpoint."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from dataclasses import replace
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from mtrl import checkpoint
+from mtrl.agents.mtsac import MTSAC
+from mtrl.buffers import MultiTaskReplay
+from mtrl.config import ConfigError, TrainConfig, dump_yaml, from_flat, to_flat
+from mtrl.envs import make_env
+from mtrl.evaluate import evaluate
+from mtrl.logger import write_hparams
+
+BUFFER = "buffer.pt"
+EVAL_SEED_OFFSET = 10_000
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked (exists already, or is not a run); one-line message."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: got 'cuda', but torch sees no CUDA device; expected cpu or auto here")
+    return torch.device(name)
+
+
+def default_run_name(cfg: TrainConfig, num_tasks: int) -> str:
+    combiner = str(cfg.combiner.build(num_tasks))
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.env.benchmark}__{combiner}__s{cfg.seed}__{stamp}"
+
+
+def _run_metadata(cfg: TrainConfig) -> dict[str, Any]:
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
+            return out.stdout.strip() if out.returncode == 0 else ""
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    versions = {}
+    for pkg in ("mtrl", "torch", "numpy", "gymnasium", "metaworld", "mujoco", "stable-baselines3"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "git_commit": git("rev-parse", "HEAD") or None,
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "versions": versions,
+        "python": platform.python_version(),
+        "seed": cfg.seed,
+        "started": datetime.now().isoformat(timespec="seconds"),
+        "wall_clock_s": 0.0,
+        "final_step": 0,
+    }
+
+
+def prepare_run_dir(cfg: TrainConfig, num_tasks: int, command: str) -> tuple[TrainConfig, Path]:
+    """Create a fresh run directory (never reusing an existing one) with config.yaml, command.txt, meta.yaml."""
+    if not cfg.run_name:
+        cfg = replace(cfg, run_name=default_run_name(cfg, num_tasks))
+    run = Path(cfg.run_dir) / cfg.run_name
+    if run.exists():
+        raise RunDirError(
+            f"run_name: '{run}' exists already; choose another --run_name or continue it with --resume {run}"
+        )
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    (run / "command.txt").write_text(command + "\n")
+    (run / "meta.yaml").write_text(yaml.safe_dump(_run_metadata(cfg), sort_keys=False))
+    return cfg, run
+
+
+def _update_meta(run: Path, **fields: Any) -> None:
+    meta = yaml.safe_load((run / "meta.yaml").read_text()) or {}
+    meta.update(fields)
+    (run / "meta.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+
+
+def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progress: bool = True) -> Path:
+    """Train MT-SAC as configured. ``run`` given: resume that run from its checkpoint. Returns the run directory."""
+    device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    env = make_env(cfg.env, cfg.seed)
+    eval_env = make_env(cfg.env, cfg.seed + EVAL_SEED_OFFSET, evaluation=True)
+    k = env.num_tasks
+    agent = MTSAC(env.obs_dim, env.act_dim, k, cfg, device)
+    buffer = MultiTaskReplay(
+        k, env.obs_dim, env.act_dim, cfg.buffer.capacity, cfg.buffer.batch_size,
+        kind=cfg.buffer.kind, reward_norm=cfg.buffer.reward_norm, device=device, seed=cfg.seed,
+    )  # fmt: skip
+    rng = np.random.default_rng(cfg.seed)
+    start, wall_before = 0, 0.0
+    if run is None:
+        cfg, run = prepare_run_dir(cfg, k, command)
+    else:
+        state = checkpoint.load(run, device)
+        agent.load_state_dict(state["agent"])
+        buffer.load_state_dict(torch.load(run / BUFFER, map_location=device, weights_only=False))
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        start, wall_before = state["step"], state["wall_clock_s"]
+    writer = SummaryWriter(str(run))
+    if start == 0:
+        writer.add_text("config", "```\n" + dump_yaml(cfg) + "```")
+
+    def save(step: int, wall: float) -> None:
+        checkpoint.save_atomic(buffer.state_dict(), run / BUFFER)
+        state = {
+            "step": step,
+            "wall_clock_s": wall,
+            "config": to_flat(cfg),
+            "agent": agent.state_dict(),
+            "numpy_rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "task_names": env.task_names,
+            "obs_dim": env.obs_dim,
+            "act_dim": env.act_dim,
+        }
+        checkpoint.save_atomic(state, run / checkpoint.CHECKPOINT)
+        _update_meta(run, wall_clock_s=round(wall, 2), final_step=step)
+
+    obs = env.reset(cfg.seed + start)
+    ep_return, ep_success = np.zeros(k), np.zeros(k, dtype=bool)
+    t0, t_log, step_log = time.perf_counter(), time.perf_counter(), start
+    logs: dict[str, torch.Tensor] = {}
+    final: dict[str, float] = {}
+    bar = tqdm(
+        total=cfg.total_steps, initial=start, desc=run.name, unit="step", disable=not progress, dynamic_ncols=True
+    )
+    for step in range(start, cfg.total_steps):
+        action = rng.uniform(-1.0, 1.0, (k, env.act_dim)) if step < cfg.warmup_steps else agent.act(obs)
+        res = env.step(action)
+        buffer.add(obs, action, res.reward, res.next_obs, res.terminated)
+        ep_return += res.reward
+        ep_success |= res.success
+        ended = res.terminated | res.truncated
+        if ended.any():
+            writer.add_scalar("charts/episodic_return", float(ep_return[ended].mean()), step + 1)
+            writer.add_scalar("charts/episodic_success", float(ep_success[ended].mean()), step + 1)
+            ep_return[ended], ep_success[ended] = 0.0, False
+        obs = res.obs
+        if step >= cfg.warmup_steps:
+            for _ in range(cfg.updates_per_step):
+                logs = agent.update(buffer.sample())
+        bar.update(1)
+
+        done = step + 1
+        if done % cfg.log_interval == 0 and logs:
+            now = time.perf_counter()
+            sps = (done - step_log) / (now - t_log)
+            t_log, step_log = now, done
+            writer.add_scalar("charts/sps", sps, done)
+            for key, value in logs.items():
+                if key == "alpha":
+                    for name, a in zip(env.task_names if value.numel() == k else ["shared"], value.tolist()):
+                        writer.add_scalar(f"alpha/{name}", a, done)
+                else:
+                    writer.add_scalar(key, float(value), done)
+        if (cfg.eval_interval and done % cfg.eval_interval == 0) or done == cfg.total_steps:
+            result = evaluate(lambda o: agent.act(o, deterministic=True), eval_env, cfg.eval_episodes, seed=cfg.seed)
+            writer.add_scalar("eval/success_rate", result.mean, done)
+            for name, rate, rets in zip(env.task_names, result.per_task, result.returns):
+                writer.add_scalar(f"eval/success_rate/{name}", float(rate), done)
+                writer.add_scalar(f"eval/return/{name}", float(rets.mean()), done)
+            final = {"eval/success_rate": result.mean}
+            bar.set_postfix(success=f"{result.mean:.2f}")
+        if done % cfg.checkpoint_interval == 0 or done == cfg.total_steps:
+            save(done, wall_before + time.perf_counter() - t0)
+    bar.close()
+    if final:
+        write_hparams(writer, to_flat(cfg), final)
+    writer.close()
+    env.close()
+    eval_env.close()
+    return run
+
+
+def restore(path: str | Path, device: torch.device | str = "cpu") -> tuple[TrainConfig, MTSAC, dict[str, Any]]:
+    """Rebuild the agent of a checkpoint (a run directory or checkpoint.pt): ``(config, agent, raw state)``."""
+    state = checkpoint.load(path, device)
+    cfg = from_flat(state["config"])
+    agent = MTSAC(state["obs_dim"], state["act_dim"], len(state["task_names"]), cfg, torch.device(device))
+    agent.load_state_dict(state["agent"])
+    return cfg, agent, state
+
+
+def main_message(run: Path) -> str:
+    return (
+        f"run directory: {run}\n"
+        f"  TensorBoard:  tensorboard --logdir {run.parent}\n"
+        f"  checkpoint:   {run / checkpoint.CHECKPOINT}\n"
+        f"  evaluate:     mtrl evaluate {run}"
+    )
+
+
+__all__ = ["RunDirError", "main_message", "pick_device", "prepare_run_dir", "restore", "train"]
