@@ -185,14 +185,14 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
             for name, rate, rets in zip(env.task_names, result.per_task, result.returns):
                 writer.add_scalar(f"eval/success_rate/{name}", float(rate), done)
                 writer.add_scalar(f"eval/return/{name}", float(rets.mean()), done)
-            final = {"eval/success_rate": result.mean}
+            final = {"final_success_rate": result.mean}
             bar.set_postfix(success=f"{result.mean:.2f}")
         if done % cfg.checkpoint_interval == 0 or done == cfg.total_steps:
             save(done, wall_before + time.perf_counter() - t0)
     bar.close()
-    if final:
-        write_hparams(writer, to_flat(cfg), final)
     writer.close()
+    if final:
+        write_hparams(run, to_flat(cfg), final, step=cfg.total_steps)
     env.close()
     eval_env.close()
     return run

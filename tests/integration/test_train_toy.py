@@ -1,0 +1,162 @@
+"""End-to-end on the toy env: each test trains for a few hundred steps (seconds)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from tbparse import SummaryReader
+
+from mtrl.cli import main
+from mtrl.config import from_flat
+from mtrl.train import restore, train
+
+TINY = {
+    "total_steps": 300,
+    "warmup_steps": 100,
+    "eval_interval": 150,
+    "eval_episodes": 2,
+    "log_interval": 50,
+    "checkpoint_interval": 100,
+    "agent.actor.hidden_dim": 32,
+    "agent.critic.hidden_dim": 32,
+    "buffer.batch_size": 32,
+    "env.max_episode_steps": 20,
+    "device": "cpu",
+}
+
+
+def tiny(tmp_path: Path, **extra) -> object:
+    return from_flat({**TINY, "run_dir": str(tmp_path / "runs"), **extra})
+
+
+def scalars(run: Path):
+    return SummaryReader(str(run)).scalars
+
+
+def test_train_writes_events_config_checkpoint_and_meta(tmp_path):
+    run = train(tiny(tmp_path, run_name="a"), progress=False)
+    assert run == tmp_path / "runs" / "a"
+    for name in ("config.yaml", "command.txt", "meta.yaml", "checkpoint.pt", "buffer.pt"):
+        assert (run / name).is_file(), name
+    tags = set(scalars(run).tag)
+    assert {"eval/success_rate", "charts/sps", "losses/critic", "losses/actor", "losses/alpha"} <= tags
+    assert {"eval/success_rate/reach-0", "eval/return/reach-3", "alpha/reach-0"} <= tags
+    meta = yaml.safe_load((run / "meta.yaml").read_text())
+    assert meta["final_step"] == 300 and "torch" in meta["versions"] and "git_dirty" in meta
+    assert from_flat(yaml.safe_load((run / "config.yaml").read_text())).total_steps == 300
+
+
+def test_same_seed_gives_identical_losses(tmp_path):
+    runs = [train(tiny(tmp_path, run_name=n), progress=False) for n in ("x", "y")]
+    a, b = (scalars(r) for r in runs)
+    for tag in ("losses/critic", "losses/actor", "eval/success_rate"):
+        va, vb = a[a.tag == tag].value.to_numpy(), b[b.tag == tag].value.to_numpy()
+        assert len(va) > 0 and np.array_equal(va, vb), tag
+    c = scalars(train(tiny(tmp_path, run_name="z", seed=2), progress=False))
+    assert not np.array_equal(c[c.tag == "losses/critic"].value.to_numpy(), a[a.tag == "losses/critic"].value.to_numpy())
+
+
+def test_save_then_load_gives_identical_actions(tmp_path):
+    cfg = tiny(tmp_path, run_name="s")
+    run = train(cfg, progress=False)
+    _, agent, state = restore(run)
+    _, again, _ = restore(run / "checkpoint.pt")
+    obs = np.random.default_rng(0).uniform(-1, 1, (4, 2)).astype(np.float32)
+    assert np.array_equal(agent.act(obs, deterministic=True), again.act(obs, deterministic=True))
+    assert np.array_equal(agent.act(obs), again.act(obs))  # the exploration generator is restored too
+    assert state["step"] == 300
+
+
+def test_resume_continues_the_step_count(tmp_path):
+    run = train(tiny(tmp_path, run_name="r"), progress=False)
+    code = main(["train", "--resume", str(run), "--total_steps", "500", "--no-progress"])
+    assert code == 0
+    steps = scalars(run)
+    crit = steps[steps.tag == "losses/critic"].step.to_numpy()
+    assert crit.max() == 500 and np.all(np.diff(np.sort(crit)) > 0)  # continuous, no restart from 0
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 500
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    whole = scalars(train(tiny(tmp_path, run_name="w", total_steps=200), progress=False))
+    run = train(tiny(tmp_path, run_name="p", total_steps=100), progress=False)
+    assert main(["train", "--resume", str(run), "--total_steps", "200", "--no-progress"]) == 0
+    part = scalars(run)
+    # the update stream continues exactly (env episodes restart on resume, so only check the first update after)
+    w = whole[(whole.tag == "losses/critic") & (whole.step == 150)].value.to_numpy()
+    p = part[(part.tag == "losses/critic") & (part.step == 150)].value.to_numpy()
+    assert len(w) == 1 and len(p) == 1
+
+
+def _fail(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
+    rd = str(tmp_path / "runs")
+    assert "unknown config key 'agent.nope'" in _fail(capsys, ["train", "--agent.nope", "1", "--run_dir", rd])
+    assert "total_steps: got 'ten'" in _fail(capsys, ["train", "--total_steps", "ten", "--run_dir", rd])
+    assert "total_steps: got -3" in _fail(capsys, ["train", "--total_steps", "-3", "--run_dir", rd])
+    assert "env.benchmark: got 'MT7'" in _fail(capsys, ["train", "--env.benchmark", "MT7", "--run_dir", rd])
+    assert "does not exist" in _fail(capsys, ["train", "--config", str(tmp_path / "missing.yaml")])
+    assert "does not exist" in _fail(capsys, ["evaluate", str(tmp_path / "nothing")])
+    assert "not a run directory" in _fail(capsys, ["train", "--resume", str(tmp_path)])
+    assert not (tmp_path / "runs").exists()  # nothing was created by failed commands
+
+
+def test_existing_run_is_never_overwritten_and_resume_rejects_a_different_config(tmp_path, capsys):
+    cfg = tiny(tmp_path, run_name="keep", total_steps=100)
+    run = train(cfg, progress=False)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    args = [f"--{k}={v}" for k, v in TINY.items()] + ["--run_dir", str(tmp_path / "runs"), "--run_name", "keep"]
+    assert "exists already" in _fail(capsys, ["train", *args])
+    err = _fail(capsys, ["train", "--resume", str(run), "--agent.actor.hidden_dim", "64"])
+    assert "agent.actor.hidden_dim differs" in err
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert before == after
+
+
+def test_evaluate_command_prints_per_task_success(tmp_path, capsys):
+    run = train(tiny(tmp_path, run_name="e"), progress=False)
+    assert main(["evaluate", str(run), "--episodes", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "reach-0" in out and "mean" in out
+
+
+def test_python_dash_m_reports_errors_without_traceback(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "mtrl", "train", "--buffer.kind", "ring"], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 2
+    assert res.stderr.strip() == "mtrl train: error: buffer.kind: got 'ring', expected one of stratified, uniform"
+
+
+@pytest.mark.parametrize("conditioning", ["none", "one_hot", "multi_head"])
+@pytest.mark.parametrize("buffer_kind", ["stratified", "uniform"])
+def test_conditioning_and_buffer_variants_train(tmp_path, conditioning, buffer_kind):
+    cfg = tiny(
+        tmp_path,
+        run_name="v",
+        total_steps=150,
+        **{
+            "agent.conditioning": conditioning,
+            "buffer.kind": buffer_kind,
+            "agent.temperature": "shared",
+            "agent.actor.layer_norm": True,
+            "agent.critic.dropout": 0.1,
+            "agent.actor.weight_decay": 0.01,
+            "agent.critic.max_grad_norm": 1.0,
+            "buffer.reward_norm": True,
+            "agent.q_target_clip": True,
+        },
+    )
+    df = scalars(train(cfg, progress=False))
+    assert np.isfinite(df[df.tag == "losses/critic"].value.to_numpy()).all()

@@ -1,0 +1,67 @@
+from pathlib import Path
+
+import pytest
+
+from mtrl.config import ConfigError, TrainConfig, dump_yaml, flatten, from_flat, help_rows, load_yaml, to_flat
+from mtrl.mto import COMBINERS
+
+PRESETS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+
+
+def test_presets_exist():
+    assert len(PRESETS) >= 4
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.name for p in PRESETS])
+def test_every_preset_parses_and_names_its_source(preset):
+    cfg = from_flat(load_yaml(preset))
+    assert isinstance(cfg, TrainConfig)
+    assert preset.read_text().startswith("#"), "each preset opens with a comment naming its source"
+
+
+def test_flat_round_trip_is_identity():
+    cfg = from_flat({"agent.actor.layer_norm": "true", "seed": "3", "env.benchmark": "MT10", "total_steps": "1e6"})
+    assert cfg.total_steps == 1_000_000 and cfg.agent.actor.layer_norm and cfg.seed == 3
+    assert from_flat(to_flat(cfg)) == cfg
+    import yaml
+
+    assert from_flat(yaml.safe_load(dump_yaml(cfg))) == cfg
+
+
+def test_nested_yaml_is_flattened():
+    assert flatten({"agent": {"actor": {"lr": 1}}, "seed": 2}) == {"agent.actor.lr": 1, "seed": 2}
+
+
+@pytest.mark.parametrize(
+    "items,message",
+    [
+        ({"nope": 1}, "unknown config key 'nope'"),
+        ({"agent.actr.lr": 1}, "unknown config key 'agent.actr.lr'"),
+        ({"total_steps": "many"}, "total_steps: got 'many', expected an int"),
+        ({"total_steps": -5}, "total_steps: got -5, expected a positive integer"),
+        ({"agent.actor.dropout": 1.5}, "agent.actor.dropout: got 1.5"),
+        ({"env.protocol": "new"}, "env.protocol: got 'new', expected one of official, legacy"),
+        ({"env.benchmark": "MT11"}, "env.benchmark: got 'MT11'"),
+        ({"combiner": "nope"}, "combiner: got 'nope', expected one of"),
+        ({"agent.actor.layer_norm": "maybe"}, "expected true or false"),
+        ({"agent": 3}, "agent: is a section"),
+    ],
+)
+def test_bad_values_give_one_line_errors_naming_the_field(items, message):
+    with pytest.raises(ConfigError) as info:
+        from_flat(items)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_combiner_is_a_tagged_union():
+    cfg = from_flat({"combiner": "mean"})
+    assert type(cfg.combiner) is COMBINERS["mean"]
+    assert to_flat(cfg)["combiner"] == "mean"
+
+
+def test_help_has_a_docstring_for_every_field():
+    rows = help_rows()
+    assert {r[0] for r in rows} >= {"seed", "env.benchmark", "agent.actor.weight_decay", "buffer.reward_norm"}
+    missing = [key for key, _, doc in rows if not doc.strip()]
+    assert not missing, f"fields without a docstring: {missing}"
