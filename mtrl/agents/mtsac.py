@@ -118,13 +118,19 @@ class MTSAC:
         return -log_alpha * (logp + self.target_entropy)  # [N]
 
     # ------------------------------------------------------------------------------------------------ update
-    def update(self, batch: ReplayBatch) -> dict[str, Tensor]:
-        """One SAC update. Returns detached scalar tensors (no host sync): losses, alpha, q, combiner stats."""
+    def update(self, batch: ReplayBatch, noise: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+        """One SAC update. Returns detached tensors (no host sync): losses, alpha, combiner stats.
+
+        :param noise: the standard-normal reparameterization noise ``(eps, next_eps)``, each ``[N, A]``, for the
+            actions at ``obs`` and ``next_obs``; drawn from the agent's generator when omitted.
+        """
         self.actor.train()
         self.critic.train()
         obs, act, rew, next_obs, done, task, rew_absmax = batch
         n = obs.shape[0]
-        eps, next_eps = torch.randn(2, n, self.act_dim, generator=self.generator, device=self.device).unbind(0)
+        if noise is None:
+            noise = torch.randn(2, n, self.act_dim, generator=self.generator, device=self.device).unbind(0)
+        eps, next_eps = noise
 
         # temperature: uses log pi of fresh actions (detached), alpha for the other losses is the pre-step value
         with torch.no_grad():

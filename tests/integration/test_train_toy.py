@@ -57,7 +57,9 @@ def test_same_seed_gives_identical_losses(tmp_path):
         va, vb = a[a.tag == tag].value.to_numpy(), b[b.tag == tag].value.to_numpy()
         assert len(va) > 0 and np.array_equal(va, vb), tag
     c = scalars(train(tiny(tmp_path, run_name="z", seed=2), progress=False))
-    assert not np.array_equal(c[c.tag == "losses/critic"].value.to_numpy(), a[a.tag == "losses/critic"].value.to_numpy())
+    assert not np.array_equal(
+        c[c.tag == "losses/critic"].value.to_numpy(), a[a.tag == "losses/critic"].value.to_numpy()
+    )
 
 
 def test_save_then_load_gives_identical_actions(tmp_path):
