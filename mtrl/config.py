@@ -85,7 +85,14 @@ class AgentConfig:
     """Clip TD targets to +-max|r|/(1-gamma) of the task's (normalized) rewards seen so far (Kurin et al.)."""
     schedule: Literal["joint", "alternating"] = "joint"
     """joint: one update of all tasks per step, through the combiner. alternating: Pascal et al.'s independent
-    update steps, one optimizer step per task group in sequence."""
+    update steps: per update, one optimizer step per task group in sequence, each on its group's plain mean loss
+    (the combiner is not used); the target critic still moves once per update."""
+    group_size: int = 1
+    """alternating: tasks per group (1 = one step per task; K = unitary)."""
+    regroup: bool = False
+    """alternating: draw a new random partition into groups at every update (default: once, at the start)."""
+    optimizer_per_group: bool = False
+    """alternating: one Adam per group (Pascal et al.'s IO; needs fixed groups) instead of one shared Adam (IUS)."""
 
 
 @dataclass(frozen=True)
@@ -348,6 +355,12 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"agent.gamma: got {flat['agent.gamma']}, expected a number in [0, 1)")
     if not 0.0 < flat["agent.tau"] <= 1.0:
         raise ConfigError(f"agent.tau: got {flat['agent.tau']}, expected a number in (0, 1]")
+    if cfg.agent.group_size < 1:
+        raise ConfigError(f"agent.group_size: got {cfg.agent.group_size}, expected a positive integer")
+    if cfg.agent.optimizer_per_group and cfg.agent.regroup:
+        raise ConfigError(
+            "agent.optimizer_per_group: got true with agent.regroup true; one optimizer per group needs fixed groups"
+        )
     if cfg.env.toy_tasks < 1:
         raise ConfigError(f"env.toy_tasks: got {cfg.env.toy_tasks}, expected a positive integer")
     if cfg.buffer.batch_size <= 0 or cfg.buffer.capacity <= 0:

@@ -24,26 +24,51 @@ from mtrl.nets import Actor, TwinQ
 
 
 class _Component:
-    """One trained part (critic, actor or temperature): its parameters, optimizer and combiner."""
+    """One trained part (critic, actor or temperature): its parameters, optimizer(s) and combiner."""
 
     def __init__(
-        self, module: nn.Module, task_specific: set[str], cfg: NetConfig | None, lr: float, combiner: Combiner
+        self,
+        module: nn.Module,
+        task_specific: set[str],
+        cfg: NetConfig | None,
+        lr: float,
+        combiner: Combiner,
+        num_optimizers: int = 1,
     ):
         self.params = dict(module.named_parameters())
         self.task_specific = task_specific
         wd = cfg.weight_decay if cfg else 0.0
         self.max_grad_norm = cfg.max_grad_norm if cfg else 0.0
-        self.optimizer = torch.optim.AdamW(self.params.values(), lr=lr, weight_decay=wd)
+        self.optimizers = [
+            torch.optim.AdamW(self.params.values(), lr=lr, weight_decay=wd) for _ in range(num_optimizers)
+        ]
         self.combiner = combiner
 
-    def step(self, loss_rows: LossRows, inputs: Any, task: Tensor, stratified: bool) -> tuple[Tensor, Tensor | None]:
-        """Combine, clip, step. Returns the per-task losses ``[K]`` and the pre-clip grad norm (if clipping)."""
-        losses = combine_backward(loss_rows, self.params, inputs, task, self.combiner, self.task_specific, stratified)
+    def step(
+        self, loss_rows: LossRows, inputs: Any, task: Tensor, stratified: bool, group: int | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Backward, clip, step. Returns the per-task losses ``[K]`` and the pre-clip grad norm (if clipping).
+
+        :param group: alternating schedule: the batch holds one task group; its plain mean loss is stepped with
+            optimizer ``group`` (modulo the number of optimizers), bypassing the combiner.
+        """
+        if group is None:
+            losses = combine_backward(
+                loss_rows, self.params, inputs, task, self.combiner, self.task_specific, stratified
+            )
+            optimizer = self.optimizers[0]
+        else:
+            loss = loss_rows(self.params, inputs).mean()
+            plist = list(self.params.values())
+            for p, g in zip(plist, torch.autograd.grad(loss, plist, allow_unused=True)):
+                p.grad = g if g is not None else torch.zeros_like(p)
+            losses = loss.detach()[None]
+            optimizer = self.optimizers[group % len(self.optimizers)]
         norm = None
         if self.max_grad_norm > 0:
             norm = nn.utils.clip_grad_norm_(self.params.values(), self.max_grad_norm, foreach=True)
-        self.optimizer.step()
-        if self.combiner.needs_losses_after_step:
+        optimizer.step()
+        if group is None and self.combiner.needs_losses_after_step:
             with torch.no_grad():
                 self.combiner.after_step(task_mean(loss_rows(self.params, inputs), task, self.combiner.num_tasks))
         return losses, norm
@@ -73,15 +98,23 @@ class MTSAC:
             chosen = cfg.combiner if on else MeanConfig()
             return chosen.build(num_tasks, seed=cfg.seed * 1000 + offset).to(device)
 
+        # alternating schedule (Pascal et al.): one optimizer per task group (IO) or one shared (IUS)
+        alternating = a.schedule == "alternating"
+        n_groups = -(-num_tasks // a.group_size) if alternating and a.optimizer_per_group else 1
         self.critic_part = _Component(
-            self.critic, self.critic.task_specific_params(), a.critic, a.critic.lr, combiner(cfg.combine_critic, 1)
-        )
+            self.critic, self.critic.task_specific_params(), a.critic, a.critic.lr, combiner(cfg.combine_critic, 1),
+            n_groups,
+        )  # fmt: skip
         self.actor_part = _Component(
-            self.actor, self.actor.task_specific_params(), a.actor, a.actor.lr, combiner(cfg.combine_actor, 2)
-        )
+            self.actor, self.actor.task_specific_params(), a.actor, a.actor.lr, combiner(cfg.combine_actor, 2),
+            n_groups,
+        )  # fmt: skip
         alpha_specific = {"log_alpha"} if a.temperature == "per_task" else set()
-        self.alpha_part = _Component(self.alpha, alpha_specific, None, a.alpha_lr, combiner(cfg.combine_alpha, 3))
+        self.alpha_part = _Component(
+            self.alpha, alpha_specific, None, a.alpha_lr, combiner(cfg.combine_alpha, 3), n_groups
+        )
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.groups: list[Tensor] = self._draw_groups() if alternating else []
         self._task_ids = torch.arange(num_tasks, device=device)
 
     # ------------------------------------------------------------------------------------------------ acting
@@ -119,24 +152,45 @@ class MTSAC:
 
     # ------------------------------------------------------------------------------------------------ update
     def update(self, batch: ReplayBatch, noise: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
-        """One SAC update. Returns detached tensors (no host sync): losses, alpha, combiner stats.
+        """One SAC update (joint schedule) or one sequence of per-group updates (alternating schedule).
+
+        Returns detached tensors (no host sync): losses, alpha, combiner stats.
 
         :param noise: the standard-normal reparameterization noise ``(eps, next_eps)``, each ``[N, A]``, for the
             actions at ``obs`` and ``next_obs``; drawn from the agent's generator when omitted.
         """
         self.actor.train()
         self.critic.train()
-        obs, act, rew, next_obs, done, task, rew_absmax = batch
-        n = obs.shape[0]
+        n = batch.obs.shape[0]
         if noise is None:
             noise = torch.randn(2, n, self.act_dim, generator=self.generator, device=self.device).unbind(0)
+        if self.cfg.agent.schedule == "joint":
+            logs = self._sac_step(batch, noise, None)
+        else:
+            if self.cfg.agent.regroup:
+                self.groups = self._draw_groups()
+            for g, tasks in enumerate(self.groups):
+                rows = torch.isin(batch.task, tasks).nonzero().squeeze(1)
+                sub = ReplayBatch(*(x[rows] for x in batch))
+                logs = self._sac_step(sub, (noise[0][rows], noise[1][rows]), g)
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.tau)
+        for name, part in (("critic", self.critic_part), ("actor", self.actor_part), ("alpha", self.alpha_part)):
+            for key, value in part.combiner.stats.items():
+                logs[f"mto/{name}/{key}"] = torch.as_tensor(value)
+        return logs
+
+    def _sac_step(self, batch: ReplayBatch, noise: tuple[Tensor, Tensor], group: int | None) -> dict[str, Tensor]:
+        """Temperature, critic and actor steps on one batch (the whole batch, or one task group's rows)."""
+        obs, act, rew, next_obs, done, task, rew_absmax = batch
         eps, next_eps = noise
+        stratified = self.stratified and group is None
 
         # temperature: uses log pi of fresh actions (detached), alpha for the other losses is the pre-step value
         with torch.no_grad():
             _, logp_now = self.actor(obs, task, eps)
             alpha = self._alpha_of(task, self.alpha.log_alpha).exp()  # [N]
-        alpha_losses, _ = self.alpha_part.step(self._alpha_rows, (logp_now, task), task, self.stratified)
+        alpha_losses, _ = self.alpha_part.step(self._alpha_rows, (logp_now, task), task, stratified, group)
 
         # critic
         with torch.no_grad():
@@ -147,16 +201,13 @@ class MTSAC:
                 bound = rew_absmax / (1.0 - self.gamma)
                 target = torch.maximum(torch.minimum(target, bound), -bound)
         critic_losses, critic_norm = self.critic_part.step(
-            self._critic_rows, (obs, act, target, task), task, self.stratified
+            self._critic_rows, (obs, act, target, task), task, stratified, group
         )
 
         # actor, against the updated critic (its parameters are not stepped here)
         actor_losses, actor_norm = self.actor_part.step(
-            self._actor_rows, (obs, eps, alpha, task), task, self.stratified
+            self._actor_rows, (obs, eps, alpha, task), task, stratified, group
         )
-
-        with torch.no_grad():
-            torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.tau)
 
         logs: dict[str, Tensor] = {
             "losses/critic": critic_losses.mean(),
@@ -170,10 +221,12 @@ class MTSAC:
             logs["losses/critic_grad_norm"] = critic_norm
         if actor_norm is not None:
             logs["losses/actor_grad_norm"] = actor_norm
-        for name, part in (("critic", self.critic_part), ("actor", self.actor_part), ("alpha", self.alpha_part)):
-            for key, value in part.combiner.stats.items():
-                logs[f"mto/{name}/{key}"] = torch.as_tensor(value)
         return logs
+
+    def _draw_groups(self) -> list[Tensor]:
+        """A random partition of the tasks into groups of ``agent.group_size`` (the last may be smaller)."""
+        perm = torch.randperm(self.num_tasks, generator=self.generator, device=self.device)
+        return list(perm.split(self.cfg.agent.group_size))
 
     # ------------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -185,8 +238,13 @@ class MTSAC:
             **{
                 f"{name}_{what}": getattr(part, what).state_dict()
                 for name, part in (("critic", self.critic_part), ("actor", self.actor_part), ("alpha", self.alpha_part))
-                for what in ("optimizer", "combiner")
+                for what in ("combiner",)
             },
+            **{
+                f"{name}_optimizers": [opt.state_dict() for opt in part.optimizers]
+                for name, part in (("critic", self.critic_part), ("actor", self.actor_part), ("alpha", self.alpha_part))
+            },
+            "groups": [g.cpu() for g in self.groups],
             "generator": self.generator.get_state(),
         }
 
@@ -196,6 +254,8 @@ class MTSAC:
         self.critic_target.load_state_dict(state["critic_target"])
         self.alpha.load_state_dict(state["alpha"])
         for name, part in (("critic", self.critic_part), ("actor", self.actor_part), ("alpha", self.alpha_part)):
-            part.optimizer.load_state_dict(state[f"{name}_optimizer"])
+            for opt, opt_state in zip(part.optimizers, state[f"{name}_optimizers"]):
+                opt.load_state_dict(opt_state)
             part.combiner.load_state_dict(state[f"{name}_combiner"])
         self.generator.set_state(state["generator"])
+        self.groups = [g.to(self.device) for g in state["groups"]]
