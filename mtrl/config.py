@@ -64,6 +64,10 @@ class NetConfig:
 
 @dataclass(frozen=True)
 class AgentConfig:
+    kind: Literal["mtsac", "single_task"] = "mtsac"
+    """mtsac: one multi-task SAC (this package). single_task: one stable-baselines3 SAC per task, the "one agent per
+    task" reference of the MT10 literature; it uses the actor/critic sizes, gamma, tau, lr and batch_size/K per task
+    from this config. `--agent single_task` is short for `--agent.kind single_task`."""
     conditioning: Literal["none", "one_hot", "multi_head"] = "one_hot"
     """How the networks know the task. none: not at all (mtrl's MT-SAC); one_hot: the task one-hot is concatenated
     to the input; multi_head: shared trunk with one output head per task (the one-hot is not input)."""
@@ -271,7 +275,9 @@ def _apply(obj: Any, items: dict[str, Any], prefix: str) -> Any:
         if dataclasses.is_dataclass(tp):
             sub = {k: v for k, v in items.items() if k.startswith(full + ".")}
             if full in items:
-                raise ConfigError(f"{full}: is a section; set its fields as {full}.<field>")
+                if "kind" not in {f.name for f in dataclasses.fields(tp)}:
+                    raise ConfigError(f"{full}: is a section; set its fields as {full}.<field>")
+                sub.setdefault(full + ".kind", items[full])
             changes[name] = _apply(getattr(obj, name), sub, full + ".")
         elif full in items:
             changes[name] = _coerce(full, items[full], tp)

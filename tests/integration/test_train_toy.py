@@ -151,3 +151,26 @@ def test_conditioning_and_buffer_variants_train(tmp_path, conditioning, buffer_k
     )
     df = scalars(train(cfg, progress=False))
     assert np.isfinite(df[df.tag == "losses/critic"].value.to_numpy()).all()
+
+
+def test_non_finite_combiner_input_stops_training_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    from mtrl.agents.mtsac import MTSAC
+    from mtrl.mto.base import NonFiniteError
+
+    original = MTSAC.update
+    calls = {"n": 0}
+
+    def update(self, batch, noise=None):
+        calls["n"] += 1
+        if calls["n"] == 150:  # the update of step 250 (warm-up is 100 steps)
+            raise NonFiniteError("combiner 'mean' got a non-finite loss for task 2")
+        return original(self, batch, noise)
+
+    monkeypatch.setattr(MTSAC, "update", update)
+    args = [f"--{k}={v}" for k, v in TINY.items()] + ["--run_dir", str(tmp_path / "runs"), "--run_name", "nan"]
+    code = main(["train", *args, "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "non-finite loss for task 2" in err and "last good checkpoint is kept" in err
+    state = torch.load(tmp_path / "runs" / "nan" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 200  # written at step 200, nothing after the failure
