@@ -44,7 +44,8 @@ def test_nested_yaml_is_flattened():
         ({"env.benchmark": "MT11"}, "env.benchmark: got 'MT11'"),
         ({"combiner": "nope"}, "combiner: got 'nope', expected one of"),
         ({"agent.actor.layer_norm": "maybe"}, "expected true or false"),
-        ({"agent": 3}, "agent: is a section"),
+        ({"env": 3}, "env: is a section"),
+        ({"agent": 3}, "agent.kind: got 3, expected one of mtsac, single_task"),
     ],
 )
 def test_bad_values_give_one_line_errors_naming_the_field(items, message):
