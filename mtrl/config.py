@@ -377,7 +377,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"env.benchmark: got {bench!r}, expected toy, MT10, MT50 or MT1-<task> (e.g. MT1-reach-v3)")
     check = getattr(cfg.combiner, "validate", None)
     if check is not None:
-        check()
+        try:
+            check()
+        except ValueError as exc:  # combiner configs raise plain ValueErrors with one-line messages
+            raise ConfigError(str(exc)) from None
 
 
 def help_rows(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, str, str]]:

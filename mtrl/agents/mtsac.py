@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from mtrl.buffers import ReplayBatch
-from mtrl.config import NetConfig, TrainConfig
+from mtrl.config import ConfigError, NetConfig, TrainConfig
 from mtrl.mto import Combiner
 from mtrl.mto.grads import LossRows, combine_backward, task_mean
 from mtrl.mto.mean import MeanConfig
@@ -96,7 +96,10 @@ class MTSAC:
 
         def combiner(on: bool, offset: int) -> Combiner:
             chosen = cfg.combiner if on else MeanConfig()
-            return chosen.build(num_tasks, seed=cfg.seed * 1000 + offset).to(device)
+            try:
+                return chosen.build(num_tasks, seed=cfg.seed * 1000 + offset).to(device)
+            except ValueError as exc:  # options that only fail once K is known (e.g. fixed weights per task)
+                raise ConfigError(str(exc)) from None
 
         # alternating schedule (Pascal et al.): one optimizer per task group (IO) or one shared (IUS)
         alternating = a.schedule == "alternating"
