@@ -126,6 +126,8 @@ class TrainConfig:
     """Evaluate every this many steps (and at the end); 0 = only at the end."""
     eval_episodes: int = 10
     """Evaluation episodes per task (official Meta-World protocol: 50, one per goal)."""
+    video_interval: int = 0
+    """Every this many evaluations, also render one episode per task into TensorBoard (images tab, GIF); 0 = off."""
     log_interval: int = 250
     """Write training scalars every this many steps."""
     checkpoint_interval: int = 2000
@@ -330,7 +332,7 @@ def dump_yaml(cfg: TrainConfig) -> str:
 
 
 _POSITIVE = ("total_steps", "updates_per_step", "log_interval", "checkpoint_interval", "eval_episodes")
-_NON_NEGATIVE = ("warmup_steps", "eval_interval", "threads", "env.max_episode_steps")
+_NON_NEGATIVE = ("warmup_steps", "eval_interval", "video_interval", "threads", "env.max_episode_steps")
 
 
 def validate(cfg: TrainConfig) -> None:

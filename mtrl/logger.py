@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
+import imageio.v2 as imageio
+import numpy as np
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
@@ -43,3 +47,23 @@ def write_hparams(
             writer.add_scalar(tag, value, global_step=step or 0)
     (written,) = set(run_dir.glob("events.out.tfevents.*")) - before
     return written
+
+
+def add_gif(writer: SummaryWriter, tag: str, clips: np.ndarray, step: int, fps: int = 15, columns: int = 5) -> None:
+    """Add rollout clips ``[N, T, 3, H, W]`` (uint8) as one animated GIF image, tiled ``columns`` per row.
+
+    TensorBoard's images tab plays GIFs; unlike ``SummaryWriter.add_video`` this needs no moviepy.
+    """
+    n, t, _, h, w = clips.shape
+    rows = -(-n // columns)
+    cols = min(n, columns)
+    grid = np.zeros((t, rows * h, cols * w, 3), dtype=np.uint8)
+    for i in range(n):
+        r, c = divmod(i, columns)
+        grid[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = clips[i].transpose(0, 2, 3, 1)
+    buffer = io.BytesIO()
+    imageio.mimwrite(buffer, list(grid), format="GIF", duration=1000 / fps, loop=0)
+    image = Summary.Image(
+        height=grid.shape[1], width=grid.shape[2], colorspace=3, encoded_image_string=buffer.getvalue()
+    )
+    writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)

@@ -22,8 +22,10 @@ from mtrl.agents.mtsac import MTSAC
 from mtrl.buffers import MultiTaskReplay
 from mtrl.config import ConfigError, TrainConfig, dump_yaml, from_flat, to_flat
 from mtrl.envs import make_env
+from mtrl.envs.gl import ensure_gl_backend
 from mtrl.evaluate import evaluate
-from mtrl.logger import write_hparams
+from mtrl.logger import add_gif, write_hparams
+from mtrl.video import frames_for_tensorboard
 
 BUFFER = "buffer.pt"
 EVAL_SEED_OFFSET = 10_000
@@ -99,12 +101,16 @@ def _update_meta(run: Path, **fields: Any) -> None:
 
 def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progress: bool = True) -> Path:
     """Train MT-SAC as configured. ``run`` given: resume that run from its checkpoint. Returns the run directory."""
+    ensure_gl_backend()  # before anything imports mujoco: egl with a GPU, osmesa without
     device = pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     env = make_env(cfg.env, cfg.seed)
     eval_env = make_env(cfg.env, cfg.seed + EVAL_SEED_OFFSET, evaluation=True)
+    video_env = (
+        make_env(cfg.env, cfg.seed + EVAL_SEED_OFFSET, evaluation=True, render=True) if cfg.video_interval else None
+    )
     k = env.num_tasks
     agent = MTSAC(env.obs_dim, env.act_dim, k, cfg, device)
     buffer = MultiTaskReplay(
@@ -147,6 +153,7 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
     t0, t_log, step_log = time.perf_counter(), time.perf_counter(), start
     logs: dict[str, torch.Tensor] = {}
     final: dict[str, float] = {}
+    evals_done = 0
     bar = tqdm(
         total=cfg.total_steps, initial=start, desc=run.name, unit="step", disable=not progress, dynamic_ncols=True
     )
@@ -186,6 +193,10 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
                 writer.add_scalar(f"eval/success_rate/{name}", float(rate), done)
                 writer.add_scalar(f"eval/return/{name}", float(rets.mean()), done)
             final = {"final_success_rate": result.mean}
+            evals_done += 1
+            if video_env is not None and evals_done % cfg.video_interval == 0:
+                clips = frames_for_tensorboard(lambda o: agent.act(o, deterministic=True), video_env)
+                add_gif(writer, "eval/video", clips, done)
             bar.set_postfix(success=f"{result.mean:.2f}")
         if done % cfg.checkpoint_interval == 0 or done == cfg.total_steps:
             save(done, wall_before + time.perf_counter() - t0)
@@ -193,8 +204,9 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
     writer.close()
     if final:
         write_hparams(run, to_flat(cfg), final, step=cfg.total_steps)
-    env.close()
-    eval_env.close()
+    for e in (env, eval_env, video_env):
+        if e is not None:
+            e.close()
     return run
 
 

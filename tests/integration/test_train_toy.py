@@ -174,3 +174,16 @@ def test_non_finite_combiner_input_stops_training_and_keeps_the_last_checkpoint(
     assert "non-finite loss for task 2" in err and "last good checkpoint is kept" in err
     state = torch.load(tmp_path / "runs" / "nan" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 200  # written at step 200, nothing after the failure
+
+
+def test_video_during_training_lands_in_tensorboard(tmp_path):
+    run = train(tiny(tmp_path, run_name="vid", total_steps=150, video_interval=1), progress=False)
+    import imageio.v2 as imageio
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run), size_guidance={"images": 0})
+    events.Reload()
+    (image,) = events.Images("eval/video")  # one evaluation, at step 150
+    frames = imageio.mimread(image.encoded_image_string, format="GIF")
+    assert image.step == 150 and len(frames) == 10  # one toy episode of 20 steps at stride 2, 4 tasks in a row
+    assert frames[0].shape[1] == 4 * frames[0].shape[0]
