@@ -1,4 +1,4 @@
-"""``mtrl`` command line: train | evaluate | record | compare.
+"""``mtrl`` command line: train | evaluate | record | compare | sweep.
 
 Config values are given as ``--dotted.key value`` (or ``--dotted.key=value``); ``--combiner NAME`` picks a
 combiner and ``--combiner.<option> value`` sets its options. Bad input ends with one line on stderr and exit code 2.
@@ -87,6 +87,10 @@ def cmd_train(argv: list[str]) -> int:
         if not (run / "config.yaml").is_file():
             raise CheckpointError(f"--resume: '{run}' is not a run directory (no config.yaml)")
         saved = from_flat(load_yaml(run / "config.yaml"))
+        if saved.agent.kind == "single_task":
+            from mtrl.single_task import check_resumable
+
+            check_resumable(saved)
         cfg = from_flat(overrides, saved)
         before, after = to_flat(saved), to_flat(cfg)
         changed = [k for k in after if after[k] != before.get(k) and k != "total_steps"]
@@ -179,9 +183,21 @@ def cmd_compare(argv: list[str]) -> int:
     return cli(argv)
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "record": cmd_record, "compare": cmd_compare}
+def cmd_sweep(argv: list[str]) -> int:
+    from mtrl.sweep import cli
 
-MAIN_HELP = """usage: mtrl {train,evaluate,record,compare} ...
+    return cli(argv)
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "record": cmd_record,
+    "compare": cmd_compare,
+    "sweep": cmd_sweep,
+}
+
+MAIN_HELP = """usage: mtrl {train,evaluate,record,compare,sweep} ...
 
 Multi-task SAC with pluggable multi-task optimization (MTO) combiners on Meta-World MT10/MT50.
 
@@ -189,6 +205,7 @@ Multi-task SAC with pluggable multi-task optimization (MTO) combiners on Meta-Wo
   evaluate  success rate per task of a checkpoint
   record    rollout videos of a checkpoint into videos/<run_name>/
   compare   success rates across methods and seeds: IQM with bootstrap CIs, plots, markdown table
+  sweep     methods x seeds (x static weight grids) from a YAML spec; resumable; local processes or Ray
 
 Run `mtrl COMMAND --help` for the options of a command."""
 

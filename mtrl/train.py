@@ -100,7 +100,16 @@ def _update_meta(run: Path, **fields: Any) -> None:
 
 
 def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progress: bool = True) -> Path:
-    """Train MT-SAC as configured. ``run`` given: resume that run from its checkpoint. Returns the run directory."""
+    """Train MT-SAC as configured. ``run`` given: resume that run from its checkpoint. Returns the run directory.
+
+    ``agent.kind: single_task`` trains one stable-baselines3 SAC per task instead (:mod:`mtrl.single_task`).
+    """
+    if cfg.agent.kind == "single_task":
+        from mtrl.single_task import check_resumable, train_single_task
+
+        if run is not None:
+            check_resumable(cfg)
+        return train_single_task(cfg, command=command, progress=progress)
     ensure_gl_backend()  # before anything imports mujoco: egl with a GPU, osmesa without
     device = pick_device(cfg.device)
     if cfg.threads:

@@ -1,0 +1,448 @@
+"""``mtrl sweep SPEC.yaml``: run methods x seeds (x static weight vectors) as ordinary ``mtrl train`` runs, resumably.
+
+A sweep spec is a YAML mapping::
+
+    # what this sweep compares
+    base: configs/mt10_unitary.yaml        # optional preset: relative to the spec file, else to the cwd
+    set: {total_steps: 200000}             # optional overrides for every run (flat dotted keys)
+    methods:                               # name -> overrides; the name goes into the run name
+      mean: {combiner: mean}
+      pcgrad: {combiner: pcgrad}
+    seeds: [1, 2, 3]                       # default [1]
+    weight_grid: {steps: 5}                # optional static scalarization front (combiner fixed)
+    run_dir: runs/sweeps/mt10              # optional, relative to the cwd; default runs/<spec file stem>
+
+Each run is ``<run_dir>/{method}__s{seed}`` (weight vectors: ``fixed-w{i}__s{seed}``), its output goes to
+``<run_dir>/<name>.log``. Every run's config is validated before anything starts. Rerunning the same spec skips
+finished runs (checkpoint step >= total_steps), resumes unfinished ones (``mtrl train --resume``, which may also
+extend total_steps) and moves run directories without a checkpoint (crashed before the first one) aside to
+``<name>.failed-<timestamp>`` before starting them again; nothing is ever deleted. An existing run whose
+config.yaml differs from the spec in anything but total_steps, threads, run_dir and run_name stops the sweep
+before it starts (move that run away or restore the spec).
+
+Weight grid (the static linear scalarization front of Xin et al. 2022, "Do current multi-task optimization
+methods in deep learning even help?"): every vector sums to 1, so the uniform vector is the ``mean`` combiner.
+For K = 2 tasks: ``steps`` evenly spaced vectors ``(1 - i/(steps-1), i/(steps-1))``, i = 0..steps-1. For K > 2:
+the K corners (one task only), the uniform vector, then ``random`` vectors drawn from Dirichlet(1, ..., 1) (uniform
+on the simplex) by ``numpy.random.default_rng(seed)``. Keys: ``steps`` (default 5), ``random`` (default:
+``steps``), ``seed`` (default 0). K comes from the env config: toy -> env.toy_tasks, MT10 -> 10, MT50 -> 50, MT1-* -> 1.
+The runs get ``combiner: fixed`` and ``combiner.weights`` on top of ``set`` (the methods' overrides do not apply).
+
+Backends: ``local`` runs at most ``--workers`` subprocesses at a time; ``ray`` (``pip install "mtrl[ray]"``)
+submits every run as a Ray task with ``num_cpus=threads`` to the cluster at ``--address`` (default ``auto``);
+workers run the same command in the same working directory, so they need a shared file system. Each run's torch
+threads are the spec's ``threads`` or ``max(1, cpu_count // workers)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from mtrl.config import ConfigError, EnvConfig, TrainConfig, flatten, from_flat, load_yaml, to_flat
+
+SPEC_KEYS = ("base", "set", "methods", "seeds", "weight_grid", "run_dir")
+GRID_KEYS = ("steps", "random", "seed")
+SWEEP_OWNED = ("seed", "run_name", "run_dir")  # set by the sweep for each run
+MAY_DIFFER = {"total_steps", "threads", "run_dir", "run_name"}  # between an existing run and the spec
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
+
+
+class SweepError(ValueError):
+    """A bad sweep spec or command line; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a sweep: its name, its ``--key=value`` overrides for ``mtrl train`` (run_dir and run_name
+    included) and the config they give."""
+
+    name: str
+    overrides: dict[str, str]
+    cfg: TrainConfig
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """An expanded, validated sweep spec."""
+
+    base: Path | None
+    run_dir: Path
+    runs: list[Run]
+
+
+@dataclass(frozen=True)
+class Job:
+    """What to do with one run: ``status`` is done, resume, start or restart (move the old directory aside)."""
+
+    run: Run
+    status: str
+    step: int  # the checkpoint's step (0 without one)
+    command: list[str]
+    log: Path
+
+
+def num_tasks(env: EnvConfig) -> int:
+    """K of an env config without building it: toy -> ``toy_tasks``, MT10 -> 10, MT50 -> 50, MT1-<task> -> 1."""
+    if env.benchmark == "toy":
+        return env.toy_tasks
+    return {"MT10": 10, "MT50": 50}.get(env.benchmark, 1)
+
+
+def weight_vectors(k: int, steps: int = 5, random: int | None = None, seed: int = 0) -> list[tuple[float, ...]]:
+    """The static scalarization weights of a weight grid (see the module docstring); each sums to 1.
+
+    :param k: number of tasks, at least 2.
+    :param steps: K = 2: number of evenly spaced vectors (at least 2).
+    :param random: K > 2: number of Dirichlet(1) draws after the K corners and the uniform vector (default ``steps``).
+    :param seed: seed of the Dirichlet draws.
+    """
+    if k < 2:
+        raise SweepError(f"weight_grid: needs at least 2 tasks, the env config has {k}")
+    if k == 2:
+        if steps < 2:
+            raise SweepError(f"weight_grid.steps: got {steps}, expected an integer >= 2")
+        return [(1.0 - i / (steps - 1), i / (steps - 1)) for i in range(steps)]
+    n = steps if random is None else random
+    if n < 0:
+        raise SweepError(f"weight_grid.random: got {n}, expected an integer >= 0")
+    corners = [tuple(float(i == j) for j in range(k)) for i in range(k)]
+    draws = np.random.default_rng(seed).dirichlet(np.ones(k), size=n)
+    return [*corners, (1.0 / k,) * k, *(tuple(float(w) for w in row) for row in draws)]
+
+
+def _cli_value(key: str, value: Any) -> str:
+    """A YAML value as ``mtrl train`` reads it on the command line."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_cli_value(key, v) for v in value)
+    if value is None or isinstance(value, dict):
+        raise SweepError(f"{key}: got {value!r}, expected a value")
+    return str(value)
+
+
+def _overrides(where: str, mapping: Any) -> dict[str, str]:
+    if mapping is None:
+        return {}
+    if not isinstance(mapping, dict):
+        raise SweepError(f"{where}: expected a mapping of config keys to values, got {mapping!r}")
+    flat = flatten(mapping)
+    for key in flat:
+        if key in SWEEP_OWNED:
+            raise SweepError(f"{where}: '{key}' is set by the sweep for each run; remove it")
+    return {key: _cli_value(f"{where}.{key}", value) for key, value in flat.items()}
+
+
+def _int(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SweepError(f"{where}: got {value!r}, expected an integer")
+    return value
+
+
+def _find_base(base: Any, spec: Path) -> Path:
+    if not isinstance(base, str) or not base:
+        raise SweepError(f"base: got {base!r}, expected the path of a preset")
+    for candidate in (spec.parent / base, Path(base)):
+        if candidate.is_file():
+            return candidate
+    raise SweepError(f"base: '{base}' is neither next to the spec ({spec.parent}) nor in the current directory")
+
+
+def load_spec(path: str | Path, threads: int) -> Sweep:
+    """Read, expand and validate a sweep spec; raise a one-line :class:`SweepError` on any problem.
+
+    :param threads: torch threads per run unless the spec sets ``threads``.
+    """
+    spec = Path(path)
+    if not spec.is_file():
+        raise SweepError(f"spec: file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(spec.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SweepError(f"spec: '{path}' is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise SweepError(f"spec: '{path}' must be a mapping with keys {', '.join(SPEC_KEYS)}")
+    unknown = [k for k in data if k not in SPEC_KEYS]
+    if unknown:
+        raise SweepError(f"spec: unknown key '{unknown[0]}'; expected some of {', '.join(SPEC_KEYS)}")
+    base = _find_base(data["base"], spec) if data.get("base") is not None else None
+    try:
+        base_cfg = from_flat(load_yaml(base)) if base else TrainConfig()
+    except ValueError as exc:
+        raise SweepError(f"base: {exc}") from None
+    fixed = _overrides("set", data.get("set"))
+    if "threads" not in fixed:
+        fixed["threads"] = str(threads)
+    methods = data.get("methods") or {}
+    if not isinstance(methods, dict):
+        raise SweepError("methods: expected a mapping of method names to overrides")
+    seeds = data.get("seeds", [1])
+    seeds = [_int("seeds", s) for s in (seeds if isinstance(seeds, list) else [seeds])]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SweepError(f"seeds: got {data.get('seeds')!r}, expected a list of distinct integers")
+    variants = {str(name): _overrides(f"methods.{name}", over) for name, over in methods.items()}
+    grid = data.get("weight_grid")
+    if grid is not None:
+        if not isinstance(grid, dict) or any(k not in GRID_KEYS for k in grid):
+            raise SweepError(f"weight_grid: got {grid!r}, expected a mapping with keys {', '.join(GRID_KEYS)}")
+        args = {k: _int(f"weight_grid.{k}", v) for k, v in grid.items()}
+        k = num_tasks(_validated("set", fixed, base_cfg).env)
+        for i, w in enumerate(weight_vectors(k, **args)):
+            variants[f"fixed-w{i}"] = {"combiner": "fixed", "combiner.weights": _cli_value("weights", w)}
+    if not variants:
+        raise SweepError("methods: the spec has no methods and no weight_grid; nothing to run")
+    run_dir = data.get("run_dir") or f"runs/{spec.stem}"
+    if not isinstance(run_dir, str):
+        raise SweepError(f"run_dir: got {run_dir!r}, expected a path")
+    runs = []
+    for name, over in variants.items():
+        if not _NAME.match(name) or "__" in name:
+            raise SweepError(f"methods: '{name}' cannot go into a run name; use letters, digits and single _ . + = -")
+        for seed in seeds:
+            run_name = f"{name}__s{seed}"
+            items = {**fixed, **over, "seed": str(seed), "run_dir": run_dir, "run_name": run_name}
+            runs.append(Run(run_name, items, _validated(run_name, items, base_cfg)))
+    return Sweep(base, Path(run_dir), runs)
+
+
+def _validated(where: str, items: dict[str, str], base_cfg: TrainConfig) -> TrainConfig:
+    """``from_flat`` plus building the combiner for the env's K (catches a wrong number of weights)."""
+    try:
+        cfg = from_flat(items, base_cfg)
+        cfg.combiner.build(num_tasks(cfg.env))
+    except ValueError as exc:
+        raise SweepError(f"{where}: {exc}") from None
+    return cfg
+
+
+def checkpoint_step(run: Path) -> int | None:
+    """The step of a run directory's last checkpoint, or None without a readable one (single_task runs: the
+    ``final_step`` of meta.yaml, written with their model zips)."""
+    from mtrl import checkpoint
+
+    if (run / checkpoint.CHECKPOINT).is_file():
+        try:
+            return int(checkpoint.load(run)["step"])
+        except (checkpoint.CheckpointError, KeyError, TypeError, ValueError):
+            return None
+    if (run / "single_task").is_dir() and (run / "meta.yaml").is_file():
+        meta = yaml.safe_load((run / "meta.yaml").read_text()) or {}
+        return int(meta.get("final_step") or 0) or None
+    return None
+
+
+def _check_same_config(run: Run, path: Path) -> None:
+    try:
+        saved = to_flat(from_flat(load_yaml(path / "config.yaml")))
+    except ValueError as exc:
+        raise SweepError(f"{run.name}: cannot read the existing {path / 'config.yaml'} ({exc})") from None
+    wanted = to_flat(run.cfg)
+    for key, value in wanted.items():
+        if key not in MAY_DIFFER and saved.get(key) != value:
+            raise SweepError(
+                f"{run.name}: the existing run {path} has {key}={saved.get(key)!r}, the spec gives {value!r}; "
+                "move that run away or change the spec back"
+            )
+
+
+def plan(sweep: Sweep) -> list[Job]:
+    """Decide for every run whether it is done, resumed, started, or restarted after moving its directory aside."""
+    jobs = []
+    for run in sweep.runs:
+        path = sweep.run_dir / run.name
+        step = checkpoint_step(path) if path.is_dir() else None
+        total = run.cfg.total_steps
+        if step is not None:
+            _check_same_config(run, path)
+        if step is not None and step >= total:
+            status = "done"
+        elif step is not None and run.cfg.agent.kind != "single_task":  # single_task runs cannot resume
+            status = "resume"
+        else:
+            status = "restart" if path.exists() else "start"
+        cmd = [sys.executable, "-m", "mtrl", "train"]
+        if status == "resume":
+            cmd += ["--resume", str(path), f"--total_steps={total}"]
+        else:
+            cmd += ["--config", str(sweep.base)] if sweep.base else []
+            cmd += [f"--{k}={v}" for k, v in run.overrides.items()]
+        jobs.append(Job(run, status, step or 0, [*cmd, "--no-progress"], sweep.run_dir / f"{run.name}.log"))
+    return jobs
+
+
+def _move_aside(path: Path) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.failed-{stamp}")
+    i = 1
+    while target.exists():
+        target, i = path.with_name(f"{path.name}.failed-{stamp}-{i}"), i + 1
+    os.replace(path, target)
+    return target
+
+
+def _open_log(job: Job) -> Any:
+    log = open(job.log, "a")  # noqa: SIM115 - closed by the caller when the run ends
+    log.write(f"# {datetime.now().isoformat(timespec='seconds')} {job.status}: {shlex.join(job.command)}\n")
+    log.flush()
+    return log
+
+
+def run_local(jobs: list[Job], workers: int, finished: Callable[[Job, int], None]) -> None:
+    """Run the jobs as subprocesses, at most ``workers`` at a time; ``finished(job, exit_code)`` after each."""
+    pending = list(jobs)
+    running: list[tuple[Job, subprocess.Popen[bytes], Any]] = []
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                job = pending.pop(0)
+                log = _open_log(job)
+                proc = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                running.append((job, proc, log))
+            for item in list(running):
+                job, proc, log = item
+                if proc.poll() is not None:
+                    log.close()
+                    running.remove(item)
+                    finished(job, proc.returncode)
+            time.sleep(0.1)
+    finally:  # interrupted: stop the children; their last checkpoints let the next sweep resume them
+        for _, proc, log in running:
+            proc.terminate()
+            proc.wait()
+            log.close()
+
+
+def _execute(args: list[str], log: str, cwd: str) -> int:
+    """Ray task body: ``python -m mtrl train ...`` with the worker's own interpreter, output appended to ``log``."""
+    with open(log, "a") as out:
+        return subprocess.call([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+
+
+def import_ray() -> Any:
+    """Import ray, or raise the one-line error naming the extra that installs it."""
+    try:
+        import ray
+    except ImportError:
+        raise SweepError('--backend ray: ray is not installed; install it with: pip install "mtrl[ray]"') from None
+    return ray
+
+
+def run_ray(jobs: list[Job], address: str | None, finished: Callable[[Job, int], None]) -> None:
+    """Submit every job as a Ray task (``num_cpus`` = its threads); ``finished(job, exit_code)`` as they end."""
+    ray = import_ray()
+    ray.init(address=address or "auto")
+    task = ray.remote(_execute)
+    refs = {}
+    for job in jobs:
+        _open_log(job).close()
+        cpus = max(1, job.run.cfg.threads)
+        refs[task.options(num_cpus=cpus).remote(job.command[1:], str(job.log), os.getcwd())] = job
+    while refs:
+        (ref,), _ = ray.wait(list(refs), num_returns=1)
+        finished(refs.pop(ref), int(ray.get(ref)))
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtrl sweep",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run methods x seeds (x weight vectors) of a sweep spec as ordinary `mtrl train` runs; "
+        "rerunning skips finished runs and resumes unfinished ones.",
+        epilog=__doc__.split("\n\n", 1)[1].replace("``", "") if __doc__ else None,
+    )
+    parser.add_argument("spec", help="the sweep spec (YAML), e.g. configs/sweeps/mt10_mean_vs_pcgrad.yaml")
+    parser.add_argument("--workers", type=int, default=1, help="local: runs at the same time (default: 1)")
+    parser.add_argument("--backend", choices=["local", "ray"], default="local", help="where runs execute")
+    parser.add_argument("--address", default=None, help="ray: cluster address (default: auto)")
+    parser.add_argument("--dry-run", action="store_true", help="print each run's status and command; run nothing")
+    return parser
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def cli(argv: list[str]) -> int:
+    """``mtrl sweep``: 0 when every run finished, 1 when one failed, 2 on bad input (one line on stderr)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        if args.workers < 1:
+            raise SweepError(f"--workers: got {args.workers}, expected a positive integer")
+        if args.address and args.backend != "ray":
+            raise SweepError("--address: only used with --backend ray")
+        sweep = load_spec(args.spec, threads=max(1, _cpu_count() // args.workers))
+        jobs = plan(sweep)
+        if args.backend == "ray" and not args.dry_run:
+            import_ray()
+    except (SweepError, ConfigError) as exc:
+        print(f"mtrl sweep: error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        plan_rows: list[tuple[str, ...]] = [("run", "status", "step", "command")]
+        plan_rows += [(j.run.name, j.status, str(j.step), shlex.join(["mtrl", *j.command[3:]])) for j in jobs]
+        print(_table(plan_rows))
+        print(f"dry run: {len(jobs)} runs in {sweep.run_dir}, nothing started")
+        return 0
+
+    todo = [j for j in jobs if j.status != "done"]
+    sweep.run_dir.mkdir(parents=True, exist_ok=True)
+    for job in todo:
+        if job.status == "restart":
+            moved = _move_aside(sweep.run_dir / job.run.name)
+            print(f"{job.run.name}: no checkpoint; moved the old directory to {moved}", file=sys.stderr)
+    outcome = {j.run.name: ("skipped", "-") for j in jobs if j.status == "done"}
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="sweep", unit="run", dynamic_ncols=True)
+
+    def finished(job: Job, code: int) -> None:
+        status = "failed" if code else {"resume": "resumed"}.get(job.status, "started")
+        outcome[job.run.name] = (status, str(code))
+        bar.update(1)
+        if code:
+            bar.write(f"{job.run.name}: failed with exit code {code}; see {job.log}", file=sys.stderr)
+
+    try:
+        if args.backend == "ray":
+            run_ray(todo, args.address, finished)
+        else:
+            run_local(todo, args.workers, finished)
+    except KeyboardInterrupt:
+        bar.close()
+        print("mtrl sweep: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    bar.close()
+    rows: list[tuple[str, ...]] = [("run", "status", "exit code")]
+    rows += [(j.run.name, *outcome[j.run.name]) for j in jobs]
+    print(_table(rows))
+    failed = sum(status == "failed" for status, _ in outcome.values())
+    print(f"{len(jobs)} runs in {sweep.run_dir}: {failed} failed" + (" (logs: <run_dir>/<run>.log)" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli(sys.argv[1:]))
