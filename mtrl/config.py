@@ -377,6 +377,11 @@ def validate(cfg: TrainConfig) -> None:
     bench = cfg.env.benchmark
     if not (bench in ("toy", "MT10", "MT50") or bench.startswith("MT1-")):
         raise ConfigError(f"env.benchmark: got {bench!r}, expected toy, MT10, MT50 or MT1-<task> (e.g. MT1-reach-v3)")
+    if combiner_name(cfg.combiner) == "famo" and (cfg.combine_actor or cfg.combine_alpha):
+        raise ConfigError(
+            "combiner: famo needs losses bounded below and the SAC actor/alpha losses are not; add "
+            "--combine_actor false (critic only, as in the FAMO paper's MT10 runs)"
+        )
     check = getattr(cfg.combiner, "validate", None)
     if check is not None:
         try:

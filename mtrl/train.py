@@ -190,11 +190,12 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
             t_log, step_log = now, done
             writer.add_scalar("charts/sps", sps, done)
             for key, value in logs.items():
-                if key == "alpha":
-                    for name, a in zip(env.task_names if value.numel() == k else ["shared"], value.tolist()):
-                        writer.add_scalar(f"alpha/{name}", a, done)
-                else:
+                if value.numel() == 1 and key != "alpha":
                     writer.add_scalar(key, float(value), done)
+                else:  # one value per task (per-task alpha, combiner task weights)
+                    names = env.task_names if value.numel() == k else ["shared"]
+                    for name, v in zip(names, value.tolist()):
+                        writer.add_scalar(f"{key}/{name}", v, done)
         if (cfg.eval_interval and done % cfg.eval_interval == 0) or done == cfg.total_steps:
             result = evaluate(lambda o: agent.act(o, deterministic=True), eval_env, cfg.eval_episodes, seed=cfg.seed)
             writer.add_scalar("eval/success_rate", result.mean, done)

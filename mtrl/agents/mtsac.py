@@ -179,8 +179,8 @@ class MTSAC:
         with torch.no_grad():
             torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.tau)
         for name, part in (("critic", self.critic_part), ("actor", self.actor_part), ("alpha", self.alpha_part)):
-            for key, value in part.combiner.stats.items():
-                logs[f"mto/{name}/{key}"] = torch.as_tensor(value)
+            for key, value in part.combiner.stats_tensors.items():
+                logs[f"mto/{name}/{key}"] = value
         return logs
 
     def _sac_step(self, batch: ReplayBatch, noise: tuple[Tensor, Tensor], group: int | None) -> dict[str, Tensor]:

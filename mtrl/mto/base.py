@@ -14,9 +14,13 @@ transfer per device, when a logger reads it. The keys are
 * ``weight/<k>``: the coefficient of task ``k``'s gradient in the result (``d = sum_k weight_k g_k``, or the loss
   weights of a :class:`Weighting`), for methods that have weights.
 
+In ``stats_tensors`` every value is a 0-d tensor except ``weight`` (``[K]``), which :attr:`Combiner.stats` expands to
+``weight/<k>``. A logger should read :attr:`Combiner.stats` only when it writes (every ``log_interval`` steps).
+
 Loss-space methods have no ``G`` and record only the weights. Gradient-space methods work in Gramian space: the
-``[K, K]`` matrix ``G G^T`` is moved to the CPU in float64 (one host sync, which their solvers need anyway), the
-weights are computed there and the direction is ``weights @ G`` on the gradients' device.
+``[K, K]`` matrix ``G G^T`` is moved to the CPU in float64 (one host sync, which their solvers need anyway; its
+diagonal doubles as the NaN/inf screen of ``G``), the weights are computed there on one intra-op thread
+(:func:`single_thread`) and the direction is ``weights @ G`` on the gradients' device.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ class Combiner(nn.Module):
     """
 
     requires_grads: ClassVar[bool] = False
+    stats_tensors: dict[str, Tensor]
+    _stats_floats: dict[str, float] | None
     #: loss-space methods that learn from the losses after the optimizer step (FAMO) set this and get
     #: :meth:`after_step` called with the per-task losses recomputed on the same batch.
     needs_losses_after_step: ClassVar[bool] = False
@@ -94,6 +100,17 @@ class Combiner(nn.Module):
             what = "loss" if not bool(torch.isfinite(losses[task])) else "gradient"
             raise NonFiniteError(f"combiner '{self}' got a non-finite {what} for task {task}")
 
+    def checked_gramian(self, grads: Tensor, losses: Tensor) -> Tensor:
+        """:meth:`check_finite` for the losses, then the Gramian ``[K, K]`` (float64 CPU, :func:`gramian`), whose
+        diagonal screens the gradients for NaN/inf without a separate pass over ``G``; when it is non-finite,
+        :meth:`check_finite` on the gradients names the task (same errors as calling it first)."""
+        self.check_finite(None, losses)
+        gram = gramian(grads)
+        if not bool(torch.isfinite(gram).all()):
+            self.check_finite(grads, losses)
+            raise NonFiniteError(f"combiner '{self}': the Gramian of the (finite) gradients overflows {grads.dtype}")
+        return gram
+
     # ------------------------------------------------------------------------------------------------ stats
 
     @property
@@ -108,8 +125,8 @@ class Combiner(nn.Module):
 
     @stats.setter
     def stats(self, value: dict[str, float]) -> None:
-        self.stats_tensors: dict[str, Tensor] = {k: torch.tensor(float(v)) for k, v in value.items()}
-        self._stats_floats: dict[str, float] | None = dict(value)
+        self.stats_tensors = {k: torch.tensor(float(v)) for k, v in value.items()}
+        self._stats_floats = dict(value)
 
     def record_stats(
         self, gram: Tensor | None = None, weights: Tensor | None = None, direction: Tensor | None = None
@@ -175,8 +192,9 @@ class GramianCombiner(Combiner):
     """A gradient-space combiner whose direction is ``weights @ G`` with weights computed from the Gramian only.
 
     Subclasses implement :meth:`weights`; :meth:`forward` checks the inputs, computes ``G G^T`` (on the gradients'
-    device, then float64 CPU), calls :meth:`weights` on one intra-op thread (:func:`single_thread`), records the
-    stats and returns ``weights @ G``.
+    device, then float64 CPU; :meth:`Combiner.checked_gramian` also checks finiteness), calls :meth:`weights` on one
+    intra-op thread (:func:`single_thread`), records the stats and returns ``weights @ G``. Cost beyond the ``K^2 P``
+    Gramian and the ``K P`` weighted sum: the ``K x K`` solver only.
     """
 
     requires_grads = True
@@ -189,8 +207,7 @@ class GramianCombiner(Combiner):
     def forward(self, grads: Tensor | None, losses: Tensor) -> Tensor:
         self.check_num_tasks(grads, losses)
         assert grads is not None
-        self.check_finite(grads, losses)
-        gram = gramian(grads)
+        gram = self.checked_gramian(grads, losses)
         with single_thread():
             weights = self.weights(gram)
             self.record_stats(gram, weights)

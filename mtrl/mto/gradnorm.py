@@ -1,0 +1,104 @@
+"""GradNorm: learn task weights that equalise the weighted gradient norms, adjusted by relative training rates."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mtrl.mto.base import Combiner, adam_update, single_thread, weighted_sum
+
+_EPS = 1e-12
+
+
+class GradNorm(Combiner):
+    r"""GradNorm (Chen et al. ICML 2018, https://arxiv.org/abs/1711.02257).
+
+    .. math:: G_i = w_i \|g_i\|, \quad \tilde L_i = \frac{L_i(t)}{L_i(0)}, \quad r_i = \frac{\tilde L_i}
+        {\operatorname{mean}_j \tilde L_j}, \quad
+        \mathcal L_{grad} = \sum_i \big| G_i - \overline{G}\, r_i^{\alpha} \big| \;(\text{target constant}), \quad
+        d = \frac1K \sum_i w_i g_i
+
+    Per-task gradient norms: the row norms of ``G`` (over all shared parameters, from the Gramian's diagonal), so
+    this is a gradient-space combiner; mtrl takes them on the "last shared layer" only. Each call returns the
+    direction with the current weights, then takes one Adam step on ``w`` with
+    ``d L_grad / d w_i = sign(G_i - target_i) ||g_i||``, clamps ``w`` at 1e-6 and renormalises it to sum to K.
+
+    Not copied from mtrl's ``gradnorm.py``: its ``initial_task_loss`` is overwritten every call (the ratio is then
+    relative to the previous step; here ``L(0)`` are the losses of the first call, kept in ``state_dict``), and its
+    renormalisation rebinds a local variable (the stored weights are never renormalised); its weight Adam has lr 1e-6.
+    Loss ratios use ``|L|`` (the SAC actor loss can be negative).
+
+    Scale: ``w`` sums to K and the direction is ``(1/K) sum w_i g_i``: ``mean`` at ``w = 1`` (the first call).
+    """
+
+    task_weights: Tensor
+    initial_losses: Tensor
+    exp_avg: Tensor
+    exp_avg_sq: Tensor
+
+    requires_grads = True
+
+    def __init__(self, num_tasks: int, seed: int = 0, alpha: float = 1.5, lr: float = 1e-3) -> None:
+        super().__init__(num_tasks, seed)
+        self.alpha = alpha
+        self.lr = lr
+        self.register_buffer("task_weights", torch.ones(num_tasks, dtype=torch.float64))
+        self.register_buffer("initial_losses", torch.ones(num_tasks, dtype=torch.float64))
+        self.register_buffer("exp_avg", torch.zeros(num_tasks, dtype=torch.float64))
+        self.register_buffer("exp_avg_sq", torch.zeros(num_tasks, dtype=torch.float64))
+        self.steps = 0
+
+    @torch.no_grad()
+    def forward(self, grads: Tensor | None, losses: Tensor) -> Tensor:
+        self.check_num_tasks(grads, losses)
+        assert grads is not None
+        gram = self.checked_gramian(grads, losses)
+        current = losses.detach().to("cpu", torch.float64).abs()
+        with single_thread():
+            self.follow_device(gram)
+            k = self.num_tasks
+            coef = self.task_weights / k
+            if self.steps == 0:
+                self.initial_losses.copy_(current)
+            norms = gram.diagonal().clamp_min(0).sqrt()
+            ratio = current / self.initial_losses.clamp_min(_EPS)
+            rate = ratio / ratio.mean().clamp_min(_EPS)
+            scaled = self.task_weights * norms
+            target = scaled.mean() * rate**self.alpha
+            grad = torch.sign(scaled - target) * norms
+            self.steps += 1
+            adam_update(self.task_weights, grad, self.exp_avg, self.exp_avg_sq, self.steps, self.lr)
+            self.task_weights.clamp_min_(1e-6)
+            self.task_weights.mul_(k / self.task_weights.sum())
+            self.record_stats(gram, coef)
+        return weighted_sum(coef, grads)
+
+    def get_extra_state(self) -> dict:
+        return {**super().get_extra_state(), "steps": self.steps}
+
+    def set_extra_state(self, state: dict) -> None:
+        super().set_extra_state(state)
+        self.steps = int(state.get("steps", 0))
+
+
+@dataclass(frozen=True)
+class GradNormConfig:
+    """GradNorm: task weights learned to balance the weighted per-task gradient norms."""
+
+    alpha: float = 1.5
+    """Asymmetry alpha: how strongly slower-training tasks get larger gradient norms (paper: 1.5 on NYUv2)."""
+    lr: float = 1e-3
+    """Adam learning rate of the task weights (no MT-SAC reference; mtrl hard-codes 1e-6, i.e. frozen weights)."""
+
+    def validate(self) -> None:
+        if not (math.isfinite(self.alpha) and self.alpha >= 0):
+            raise ValueError(f"combiner.alpha: got {self.alpha}, expected a number >= 0")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"combiner.lr: got {self.lr}, expected a number > 0")
+
+    def build(self, num_tasks: int, seed: int = 0) -> GradNorm:
+        self.validate()
+        return GradNorm(num_tasks, seed, alpha=self.alpha, lr=self.lr)

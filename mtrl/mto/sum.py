@@ -1,0 +1,37 @@
+"""Sum of the task losses (linear scalarization with unit weights)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mtrl.mto.base import Combiner, Weighting
+
+
+class Sum(Combiner):
+    r"""Gradient of the summed task losses.
+
+    .. math:: d = \sum_k \nabla L_k
+
+    Scale: K times ``mean`` (under Adam the global factor mostly cancels, except against coupled weight decay and
+    Adam's epsilon). One backward of ``losses.sum()``; no per-task gradients.
+    """
+
+    requires_grads = False
+
+    def forward(self, grads: Tensor | None, losses: Tensor) -> Weighting:
+        self.check_num_tasks(grads, losses)
+        self.check_finite(None, losses)
+        weights = torch.ones_like(losses)
+        self.record_stats(weights=weights)
+        return Weighting(weights)
+
+
+@dataclass(frozen=True)
+class SumConfig:
+    """Sum of the task losses: no options."""
+
+    def build(self, num_tasks: int, seed: int = 0) -> Sum:
+        return Sum(num_tasks, seed)

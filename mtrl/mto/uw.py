@@ -1,0 +1,82 @@
+"""UW: uncertainty weighting with learned per-task log-variances."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mtrl.mto.base import Combiner, Weighting, adam_update
+
+
+class UW(Combiner):
+    r"""Uncertainty weighting (Kendall et al. CVPR 2018, https://arxiv.org/abs/1705.07115).
+
+    .. math:: \mathcal L = \sum_i \tfrac12 \big(e^{-s_i} L_i + s_i\big), \qquad w_i = \tfrac12 e^{-s_i}, \qquad
+        \frac{\partial \mathcal L}{\partial s_i} = \tfrac12 \big(1 - e^{-s_i} L_i\big)
+
+    The log-variances ``s`` live in this combiner (a buffer, not a parameter, so no outer optimizer picks them up)
+    and are learned by its own Adam inside :meth:`forward`: each call returns the (detached) weights at the current
+    ``s``, then takes one Adam step on ``s`` with the gradient above, i.e. ``s`` and the model are updated from the
+    same losses, as joint optimisation does. Matches torchjd's ``UW`` scalarizer trained with ``Adam(lr)`` and
+    nash-mtl's / the FAMO repo's MT10 ``uw.py`` (Adam, lr 0.01, init 0).
+
+    Scale: ``w = 1/2`` at ``s = 0``: K/2 times ``mean`` at the start. With negative losses (the SAC actor loss) the
+    gradient on ``s`` is always positive and the weights grow without bound, as in the FAMO-repo port.
+    """
+
+    log_var: Tensor
+    exp_avg: Tensor
+    exp_avg_sq: Tensor
+
+    requires_grads = False
+
+    def __init__(self, num_tasks: int, seed: int = 0, lr: float = 0.01, init: float = 0.0) -> None:
+        super().__init__(num_tasks, seed)
+        self.lr = lr
+        self.register_buffer("log_var", torch.full((num_tasks,), float(init), dtype=torch.float64))
+        self.register_buffer("exp_avg", torch.zeros(num_tasks, dtype=torch.float64))
+        self.register_buffer("exp_avg_sq", torch.zeros(num_tasks, dtype=torch.float64))
+        self.steps = 0
+
+    @torch.no_grad()
+    def forward(self, grads: Tensor | None, losses: Tensor) -> Weighting:
+        self.check_num_tasks(grads, losses)
+        self.check_finite(None, losses)
+        self.follow_device(losses)
+        precision = torch.exp(-self.log_var)
+        weights = 0.5 * precision
+        grad = 0.5 * (1.0 - precision * losses.to(torch.float64))
+        self.steps += 1
+        adam_update(self.log_var, grad, self.exp_avg, self.exp_avg_sq, self.steps, self.lr)
+        self.record_stats(weights=weights)
+        return Weighting(weights.to(losses.dtype))
+
+    def get_extra_state(self) -> dict:
+        return {**super().get_extra_state(), "steps": self.steps}
+
+    def set_extra_state(self, state: dict) -> None:
+        super().set_extra_state(state)
+        self.steps = int(state.get("steps", 0))
+
+
+@dataclass(frozen=True)
+class UWConfig:
+    """Uncertainty weighting: learned per-task log-variances."""
+
+    lr: float = 0.01
+    """Adam learning rate of the log-variances (FAMO repo MT10 uw.py: 0.01)."""
+    init: float = 0.0
+    """Initial log-variance of every task (paper / torchjd: 0; LibMTL: -0.5)."""
+
+    def validate(self) -> None:
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"combiner.lr: got {self.lr}, expected a number > 0")
+        if not math.isfinite(self.init):
+            raise ValueError(f"combiner.init: got {self.init}, expected a finite number")
+
+    def build(self, num_tasks: int, seed: int = 0) -> UW:
+        self.validate()
+        return UW(num_tasks, seed, lr=self.lr, init=self.init)
