@@ -43,6 +43,13 @@ class EnvConfig:
     toy_tasks: int = 4
     """Number of tasks of the toy env."""
 
+    @property
+    def num_tasks(self) -> int:
+        """K without building the env: toy -> toy_tasks, MT10 -> 10, MT50 -> 50, MT1-<task> -> 1."""
+        if self.benchmark == "toy":
+            return self.toy_tasks
+        return {"MT10": 10, "MT50": 50}.get(self.benchmark, 1)
+
 
 @dataclass(frozen=True)
 class NetConfig:

@@ -53,7 +53,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from mtrl.config import ConfigError, EnvConfig, TrainConfig, flatten, from_flat, load_yaml, to_flat
+from mtrl.config import ConfigError, TrainConfig, flatten, from_flat, load_yaml, to_flat
 
 SPEC_KEYS = ("base", "set", "methods", "seeds", "weight_grid", "run_dir")
 GRID_KEYS = ("steps", "random", "seed")
@@ -94,13 +94,6 @@ class Job:
     step: int  # the checkpoint's step (0 without one)
     command: list[str]
     log: Path
-
-
-def num_tasks(env: EnvConfig) -> int:
-    """K of an env config without building it: toy -> ``toy_tasks``, MT10 -> 10, MT50 -> 50, MT1-<task> -> 1."""
-    if env.benchmark == "toy":
-        return env.toy_tasks
-    return {"MT10": 10, "MT50": 50}.get(env.benchmark, 1)
 
 
 def weight_vectors(k: int, steps: int = 5, random: int | None = None, seed: int = 0) -> list[tuple[float, ...]]:
@@ -201,7 +194,7 @@ def load_spec(path: str | Path, threads: int) -> Sweep:
         if not isinstance(grid, dict) or any(k not in GRID_KEYS for k in grid):
             raise SweepError(f"weight_grid: got {grid!r}, expected a mapping with keys {', '.join(GRID_KEYS)}")
         args = {k: _int(f"weight_grid.{k}", v) for k, v in grid.items()}
-        k = num_tasks(_validated("set", fixed, base_cfg).env)
+        k = _validated("set", fixed, base_cfg).env.num_tasks
         for i, w in enumerate(weight_vectors(k, **args)):
             variants[f"fixed-w{i}"] = {"combiner": "fixed", "combiner.weights": _cli_value("weights", w)}
     if not variants:
@@ -224,7 +217,7 @@ def _validated(where: str, items: dict[str, str], base_cfg: TrainConfig) -> Trai
     """``from_flat`` plus building the combiner for the env's K (catches a wrong number of weights)."""
     try:
         cfg = from_flat(items, base_cfg)
-        cfg.combiner.build(num_tasks(cfg.env))
+        cfg.combiner.build(cfg.env.num_tasks)
     except ValueError as exc:
         raise SweepError(f"{where}: {exc}") from None
     return cfg

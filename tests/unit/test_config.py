@@ -66,3 +66,10 @@ def test_help_has_a_docstring_for_every_field():
     assert {r[0] for r in rows} >= {"seed", "env.benchmark", "agent.actor.weight_decay", "buffer.reward_norm"}
     missing = [key for key, _, doc in rows if not doc.strip()]
     assert not missing, f"fields without a docstring: {missing}"
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.name for p in PRESETS])
+def test_every_preset_builds_its_combiner_for_its_benchmark(preset):
+    cfg = from_flat(load_yaml(preset))
+    combiner = cfg.combiner.build(cfg.env.num_tasks)
+    assert combiner.num_tasks == cfg.env.num_tasks
