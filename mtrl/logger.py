@@ -42,7 +42,7 @@ def write_hparams(
     before = set(run_dir.glob("events.out.tfevents.*"))
     with SummaryWriter(log_dir=str(run_dir), filename_suffix=HPARAMS_SUFFIX) as writer:
         for summary in hparams(clean, metrics):
-            writer.file_writer.add_summary(summary)
+            writer._get_file_writer().add_summary(summary)
         for tag, value in metrics.items():
             writer.add_scalar(tag, value, global_step=step or 0)
     (written,) = set(run_dir.glob("events.out.tfevents.*")) - before
@@ -66,4 +66,4 @@ def add_gif(writer: SummaryWriter, tag: str, clips: np.ndarray, step: int, fps: 
     image = Summary.Image(
         height=grid.shape[1], width=grid.shape[2], colorspace=3, encoded_image_string=buffer.getvalue()
     )
-    writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)

@@ -48,6 +48,7 @@ class TaskConditionedMLP(nn.Module):
         self.trunk = mlp(in_dim + extra, cfg.hidden_dim, cfg.num_layers, layer_norm=cfg.layer_norm, dropout=cfg.dropout)
         heads = num_tasks if conditioning == "multi_head" else 1
         self.head = nn.Linear(cfg.hidden_dim, heads * out_dim)
+        self.eye: Tensor
         self.register_buffer("eye", torch.eye(num_tasks), persistent=False)
 
     def forward(self, x: Tensor, task: Tensor) -> Tensor:

@@ -59,7 +59,7 @@ def _run_metadata(cfg: TrainConfig) -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in ("mtrl", "torch", "numpy", "gymnasium", "metaworld", "mujoco", "stable-baselines3"):
         try:
             versions[pkg] = metadata.version(pkg)

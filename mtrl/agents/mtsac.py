@@ -35,7 +35,7 @@ class _Component:
         combiner: Combiner,
         num_optimizers: int = 1,
     ):
-        self.params = dict(module.named_parameters())
+        self.params: dict[str, Tensor] = dict(module.named_parameters())
         self.task_specific = task_specific
         wd = cfg.weight_decay if cfg else 0.0
         self.max_grad_norm = cfg.max_grad_norm if cfg else 0.0
@@ -166,7 +166,8 @@ class MTSAC:
         self.critic.train()
         n = batch.obs.shape[0]
         if noise is None:
-            noise = torch.randn(2, n, self.act_dim, generator=self.generator, device=self.device).unbind(0)
+            eps, next_eps = torch.randn(2, n, self.act_dim, generator=self.generator, device=self.device).unbind(0)
+            noise = (eps, next_eps)
         if self.cfg.agent.schedule == "joint":
             logs = self._sac_step(batch, noise, None)
         else:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.func import grad, vmap
 
 from mtrl.mto.base import Combiner, Weighting
@@ -60,20 +60,17 @@ def per_task_grads(
         return grads, losses
     losses = task_mean(loss_rows(params, inputs), task, num_tasks)
     names, plist = list(params), list(params.values())
-    rows: list[tuple[Tensor | None, ...]] = [
-        torch.autograd.grad(losses[k], plist, retain_graph=k < num_tasks - 1, allow_unused=True)
-        for k in range(num_tasks)
-    ]
-    grads = {
-        n: torch.stack([g[i] if g[i] is not None else torch.zeros_like(plist[i]) for g in rows])
-        for i, n in enumerate(names)
-    }
+    rows: list[list[Tensor]] = []
+    for k in range(num_tasks):
+        row = torch.autograd.grad(losses[k], plist, retain_graph=k < num_tasks - 1, allow_unused=True)
+        rows.append([g if g is not None else torch.zeros_like(p) for g, p in zip(row, plist)])
+    grads = {n: torch.stack([row[i] for row in rows]) for i, n in enumerate(names)}
     return grads, losses.detach()
 
 
 def combine_backward(
     loss_rows: LossRows,
-    params: dict[str, nn.Parameter],
+    params: dict[str, Tensor],
     inputs: Any,
     task: Tensor,
     combiner: Combiner,
