@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from mtrl.config import flatten
 from mtrl.logger import HPARAMS_SUFFIX, write_hparams
 
 SUCCESS_TAG = "eval/success_rate"
@@ -165,18 +166,6 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
             f"no run directories (folders holding config.yaml) found under: {', '.join(map(str, paths))}"
         )
     return list(found)
-
-
-def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> ``{"a.b.c": value}``; dotted keys pass through."""
-    out: dict[str, Any] = {}
-    for k, v in mapping.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -320,18 +320,24 @@ def to_flat(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a flat (or nested) YAML preset into flat items; one-line errors for missing or malformed files."""
+def read_mapping(path: str | Path, label: str, expected: str = "a mapping of config keys to values") -> dict:
+    """Read a YAML file holding a mapping; one-line ConfigErrors, prefixed with ``label``, for missing or malformed
+    files."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"--config: file '{path}' does not exist")
+        raise ConfigError(f"{label}: file '{path}' does not exist")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--config: '{path}' is not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{label}: '{path}' is not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"--config: '{path}' must be a mapping of config keys to values")
-    return flatten(data)
+        raise ConfigError(f"{label}: '{path}' must be {expected}")
+    return data
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a flat (or nested) YAML preset into flat items."""
+    return flatten(read_mapping(path, "--config"))
 
 
 def dump_yaml(cfg: TrainConfig) -> str:

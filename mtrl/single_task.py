@@ -38,7 +38,7 @@ from mtrl.config import ConfigError, TrainConfig, dump_yaml, to_flat
 from mtrl.envs import make_env
 from mtrl.evaluate import evaluate
 from mtrl.logger import write_hparams
-from mtrl.train import EVAL_SEED_OFFSET, _update_meta, pick_device, prepare_run_dir
+from mtrl.train import EVAL_SEED_OFFSET, EpisodeLog, _update_meta, pick_device, prepare_run_dir
 
 MODELS_DIR = "single_task"
 # SB3 logger key -> our TensorBoard key (mean over tasks)
@@ -167,7 +167,7 @@ def train_single_task(cfg: TrainConfig, *, command: str = "", progress: bool = T
     buffers = [m.replay_buffer for m in models if m.replay_buffer is not None]  # [K]
     rng = np.random.default_rng(cfg.seed)
     obs = env.reset(cfg.seed)
-    ep_return, ep_success = np.zeros(k), np.zeros(k, dtype=bool)
+    episodes = EpisodeLog(k)
     t0 = t_log = time.perf_counter()
     step_log, trained = 0, False
     final: dict[str, Any] = {}
@@ -177,13 +177,7 @@ def train_single_task(cfg: TrainConfig, *, command: str = "", progress: bool = T
         res = env.step(action)
         for buffer, *transition in zip(buffers, obs, res.next_obs, action, res.reward, res.terminated, res.truncated):
             add_transition(buffer, *transition)
-        ep_return += res.reward
-        ep_success |= res.success
-        ended = res.terminated | res.truncated
-        if ended.any():
-            writer.add_scalar("charts/episodic_return", float(ep_return[ended].mean()), step + 1)
-            writer.add_scalar("charts/episodic_success", float(ep_success[ended].mean()), step + 1)
-            ep_return[ended], ep_success[ended] = 0.0, False
+        episodes.add(res, writer, step + 1)
         obs = res.obs
         if step >= cfg.warmup_steps:
             for model in models:

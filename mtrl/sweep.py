@@ -53,7 +53,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from mtrl.config import ConfigError, TrainConfig, flatten, from_flat, load_yaml, to_flat
+from mtrl.config import ConfigError, TrainConfig, flatten, from_flat, load_yaml, read_mapping, to_flat
 
 SPEC_KEYS = ("base", "set", "methods", "seeds", "weight_grid", "run_dir")
 GRID_KEYS = ("steps", "random", "seed")
@@ -162,14 +162,10 @@ def load_spec(path: str | Path, threads: int) -> Sweep:
     :param threads: torch threads per run unless the spec sets ``threads``.
     """
     spec = Path(path)
-    if not spec.is_file():
-        raise SweepError(f"spec: file '{path}' does not exist")
     try:
-        data = yaml.safe_load(spec.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SweepError(f"spec: '{path}' is not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise SweepError(f"spec: '{path}' must be a mapping with keys {', '.join(SPEC_KEYS)}")
+        data = read_mapping(spec, "spec", f"a mapping with keys {', '.join(SPEC_KEYS)}")
+    except ConfigError as exc:
+        raise SweepError(str(exc)) from None
     unknown = [k for k in data if k not in SPEC_KEYS]
     if unknown:
         raise SweepError(f"spec: unknown key '{unknown[0]}'; expected some of {', '.join(SPEC_KEYS)}")

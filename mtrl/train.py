@@ -21,7 +21,7 @@ from mtrl import checkpoint
 from mtrl.agents.mtsac import MTSAC
 from mtrl.buffers import MultiTaskReplay
 from mtrl.config import ConfigError, TrainConfig, dump_yaml, from_flat, to_flat
-from mtrl.envs import make_env
+from mtrl.envs import StepResult, make_env
 from mtrl.envs.gl import ensure_gl_backend
 from mtrl.evaluate import evaluate
 from mtrl.logger import add_gif, write_hparams
@@ -33,6 +33,24 @@ EVAL_SEED_OFFSET = 10_000
 
 class RunDirError(RuntimeError):
     """The run directory cannot be used as asked (exists already, or is not a run); one-line message."""
+
+
+class EpisodeLog:
+    """Return and any-step success of each task's current training episode; logs the episodes that end."""
+
+    def __init__(self, num_tasks: int) -> None:
+        self.ret = np.zeros(num_tasks)
+        self.success = np.zeros(num_tasks, dtype=bool)
+
+    def add(self, res: StepResult, writer: SummaryWriter, step: int) -> None:
+        """Account for one vector step; ``step`` is the global step after it."""
+        self.ret += res.reward
+        self.success |= res.success
+        ended = res.terminated | res.truncated
+        if ended.any():
+            writer.add_scalar("charts/episodic_return", float(self.ret[ended].mean()), step)
+            writer.add_scalar("charts/episodic_success", float(self.success[ended].mean()), step)
+            self.ret[ended], self.success[ended] = 0.0, False
 
 
 def pick_device(name: str) -> torch.device:
@@ -158,7 +176,7 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
         _update_meta(run, wall_clock_s=round(wall, 2), final_step=step)
 
     obs = env.reset(cfg.seed + start)
-    ep_return, ep_success = np.zeros(k), np.zeros(k, dtype=bool)
+    episodes = EpisodeLog(k)
     t0, t_log, step_log = time.perf_counter(), time.perf_counter(), start
     logs: dict[str, torch.Tensor] = {}
     final: dict[str, float] = {}
@@ -170,13 +188,7 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
         action = rng.uniform(-1.0, 1.0, (k, env.act_dim)) if step < cfg.warmup_steps else agent.act(obs)
         res = env.step(action)
         buffer.add(obs, action, res.reward, res.next_obs, res.terminated)
-        ep_return += res.reward
-        ep_success |= res.success
-        ended = res.terminated | res.truncated
-        if ended.any():
-            writer.add_scalar("charts/episodic_return", float(ep_return[ended].mean()), step + 1)
-            writer.add_scalar("charts/episodic_success", float(ep_success[ended].mean()), step + 1)
-            ep_return[ended], ep_success[ended] = 0.0, False
+        episodes.add(res, writer, step + 1)
         obs = res.obs
         if step >= cfg.warmup_steps:
             for _ in range(cfg.updates_per_step):
