@@ -222,10 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     from mtrl.checkpoint import CheckpointError
     from mtrl.mto.base import NonFiniteError
     from mtrl.train import RunDirError
+    from mtrl.video import VideoError
 
     try:
         return COMMANDS[name](rest)
-    except (UsageError, ConfigError, CheckpointError, RunDirError) as exc:
+    except (UsageError, ConfigError, CheckpointError, RunDirError, VideoError) as exc:
         print(f"mtrl {name}: error: {exc}", file=sys.stderr)
         return 2
     except NonFiniteError as exc:

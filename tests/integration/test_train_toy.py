@@ -97,6 +97,9 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
     assert "total_steps: got 'ten'" in _fail(capsys, ["train", "--total_steps", "ten", "--run_dir", rd])
     assert "total_steps: got -3" in _fail(capsys, ["train", "--total_steps", "-3", "--run_dir", rd])
     assert "env.benchmark: got 'MT7'" in _fail(capsys, ["train", "--env.benchmark", "MT7", "--run_dir", rd])
+    assert "unknown Meta-World task 'foo-v3'" in _fail(
+        capsys, ["train", "--env.benchmark", "MT1-foo-v3", "--run_dir", rd]
+    )
     assert "does not exist" in _fail(capsys, ["train", "--config", str(tmp_path / "missing.yaml")])
     assert "does not exist" in _fail(capsys, ["evaluate", str(tmp_path / "nothing")])
     assert "not a run directory" in _fail(capsys, ["train", "--resume", str(tmp_path)])
@@ -187,3 +190,16 @@ def test_video_during_training_lands_in_tensorboard(tmp_path):
     frames = imageio.mimread(image.encoded_image_string, format="GIF")
     assert image.step == 150 and len(frames) == 10  # one toy episode of 20 steps at stride 2, 4 tasks in a row
     assert frames[0].shape[1] == 4 * frames[0].shape[0]
+
+
+def test_record_command_writes_videos_for_the_chosen_tasks(tmp_path, capsys):
+    import imageio.v3 as iio
+
+    run = train(tiny(tmp_path, run_name="rec", total_steps=150), progress=False)
+    out = tmp_path / "videos"
+    assert main(["record", str(run), "--out", str(out), "--tasks", "reach-1", "reach-3", "--episodes", "2"]) == 0
+    files = sorted(p.name for p in (out / "rec").iterdir())
+    assert files == ["reach-1__ep0.mp4", "reach-1__ep1.mp4", "reach-3__ep0.mp4", "reach-3__ep1.mp4"]
+    assert iio.imread(out / "rec" / "reach-1__ep0.mp4").shape[0] == 20  # one frame per step of a 20-step episode
+    capsys.readouterr()
+    assert "unknown task 'reach-9'" in _fail(capsys, ["record", str(run), "--out", str(out), "--tasks", "reach-9"])
