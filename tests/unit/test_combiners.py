@@ -114,7 +114,8 @@ def test_config_contract(name: str) -> None:
 def test_config_loader_round_trip(name: str) -> None:
     from mtrl.config import from_flat, to_flat
 
-    cfg = from_flat({"combiner": name})
+    extra = {"combine_actor": False} if name == "famo" else {}  # famo is critic-only (actor losses are unbounded)
+    cfg = from_flat({"combiner": name, **extra})
     assert type(cfg.combiner) is COMBINERS[name]
     flat = to_flat(cfg)
     assert flat["combiner"] == name
