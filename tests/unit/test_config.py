@@ -43,6 +43,8 @@ def test_nested_yaml_is_flattened():
         ({"env.protocol": "new"}, "env.protocol: got 'new', expected one of official, legacy"),
         ({"env.benchmark": "MT11"}, "env.benchmark: got 'MT11'"),
         ({"combiner": "nope"}, "combiner: got 'nope', expected one of"),
+        ({"combiner": "famo"}, "combiner: famo needs losses bounded below"),
+        ({"combiner": "fixed", "combiner.weights": [1, -1]}, "combiner.weights"),
         ({"agent.actor.layer_norm": "maybe"}, "expected true or false"),
         ({"env": 3}, "env: is a section"),
         ({"agent": 3}, "agent.kind: got 3, expected one of mtsac, single_task"),
