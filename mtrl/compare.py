@@ -786,7 +786,7 @@ def _colors(n: int) -> list[Any]:
 
 def _seeds_phrase(setting: SettingResult) -> str:
     counts = {len(m.runs) for m in setting.methods}
-    return f"{counts.pop()} seeds per method" if len(counts) == 1 else "seeds per method in the legend"
+    return f"{_plural(counts.pop(), 'seed')} per method" if len(counts) == 1 else "seeds per method in the legend"
 
 
 def plot_success_curves(setting: SettingResult, path: Path, last_n: int, reps: int = 2000, seed: int = 0) -> Path:
