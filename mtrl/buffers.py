@@ -24,7 +24,7 @@ class ReplayBatch(NamedTuple):
     next_obs: Tensor  # [N, obs]
     done: Tensor  # [N] 1.0 where terminated (not truncated)
     task: Tensor  # [N] long
-    q_bound: Tensor  # [N] max |reward| / (1 - gamma) bound ingredient: max |rew| seen for the row's task
+    rew_absmax: Tensor  # [N] largest |reward| seen so far for the row's task (same scale as rew), for Q clipping
 
 
 class MultiTaskReplay:
@@ -118,7 +118,7 @@ class MultiTaskReplay:
             next_obs=self.next_obs[task, idx],
             done=self.done[task, idx],
             task=task,
-            q_bound=self.rew_absmax[task] / scale,
+            rew_absmax=self.rew_absmax[task] / scale,
         )
 
     def state_dict(self) -> dict:

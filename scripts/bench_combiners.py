@@ -39,7 +39,9 @@ def make_agent(combiner: str, k: int, batch: int, device: torch.device) -> MTSAC
         "combiner": combiner,
     }
     if combiner == "fixed":
-        flat["combiner.weights"] = [1.0] * k
+        flat["combiner.weights"] = [1.0 / k] * k
+    if combiner == "famo":  # critic only: the SAC actor loss is unbounded below
+        flat["combine_actor"] = False
     torch.manual_seed(0)
     return MTSAC(OBS, ACT, k, from_flat(flat), device)
 
@@ -82,8 +84,8 @@ def bench(size: str, names: list[str], rounds: int, warmup: int, device: torch.d
 
 
 def _kind(name: str, k: int) -> str:
-    combiner = COMBINERS[name]() if name != "fixed" else COMBINERS[name](weights=tuple([1.0] * k))
-    return "gradient" if combiner.build(k).requires_grads else "loss"
+    config = COMBINERS[name]() if name != "fixed" else COMBINERS[name](weights=tuple([1.0 / k] * k))
+    return "gradient" if config.build(k).requires_grads else "loss"
 
 
 def main() -> None:
