@@ -25,6 +25,11 @@ def save_atomic(obj: Any, path: Path) -> None:
 def resolve(path: str | Path) -> Path:
     """A checkpoint file, or a run directory holding ``checkpoint.pt``."""
     p = Path(path)
+    if p.is_dir() and not (p / CHECKPOINT).exists() and (p / "single_task").is_dir():
+        raise CheckpointError(
+            f"checkpoint: '{path}' is a single_task run (one stable-baselines3 model per task in "
+            f"{p / 'single_task'}/, load them with stable_baselines3.SAC.load); evaluate and record take MT-SAC runs"
+        )
     if p.is_dir():
         p = p / CHECKPOINT
     if not p.is_file():

@@ -86,3 +86,13 @@ def test_resume_is_refused_with_one_line():
         check_resumable(tiny(Path("unused"), "unused"))
     assert str(info.value) == "agent.kind: resume is not supported for single_task runs; start a new run"
     check_resumable(from_flat({}))  # mtsac runs resume
+
+
+def test_evaluate_on_a_single_task_run_says_what_it_is(tmp_path, capsys):
+    from mtrl.cli import main
+
+    run = tmp_path / "st"
+    (run / "single_task").mkdir(parents=True)
+    assert main(["evaluate", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a single_task run" in err
