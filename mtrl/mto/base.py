@@ -295,32 +295,40 @@ def weighted_sum(weights: Tensor, grads: Tensor) -> Tensor:
     return weights.to(device=grads.device, dtype=grads.dtype) @ grads
 
 
-def adam_update(
-    param: Tensor,
-    grad: Tensor,
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
-    step: int,
-    lr: float,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-) -> None:
-    """One in-place Adam step (``torch.optim.Adam`` semantics, coupled L2 ``weight_decay``) on a small state tensor.
+class VectorAdam(nn.Module):
+    """Adam (``torch.optim.Adam`` semantics, coupled L2 ``weight_decay``) on one small vector a combiner learns itself
+    (FAMO logits, UW log-variances, GradNorm weights). Its moments are buffers and its step count extra state, so
+    the combiner's ``state_dict`` carries them; the step count is a Python int (no device sync)."""
 
-    Used by combiners that learn their own task weights (FAMO logits, UW log-variances, GradNorm weights) so that
-    the optimizer state lives in registered buffers and is saved by ``state_dict``.
+    exp_avg: Tensor
+    exp_avg_sq: Tensor
 
-    :param step: the step number, starting at 1.
-    """
-    if weight_decay:
-        grad = grad + weight_decay * param
-    exp_avg.mul_(betas[0]).add_(grad, alpha=1 - betas[0])
-    exp_avg_sq.mul_(betas[1]).addcmul_(grad, grad, value=1 - betas[1])
-    bias1 = 1 - betas[0] ** step
-    bias2 = 1 - betas[1] ** step
-    denom = (exp_avg_sq.sqrt() / math.sqrt(bias2)).add_(eps)
-    param.addcdiv_(exp_avg, denom, value=-lr / bias1)
+    def __init__(
+        self, n: int, lr: float, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ) -> None:
+        super().__init__()
+        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
+        self.register_buffer("exp_avg", torch.zeros(n, dtype=torch.float64))
+        self.register_buffer("exp_avg_sq", torch.zeros(n, dtype=torch.float64))
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self, param: Tensor, grad: Tensor) -> None:
+        """One in-place Adam step on ``param`` with gradient ``grad``."""
+        self.steps += 1
+        if self.weight_decay:
+            grad = grad + self.weight_decay * param
+        b1, b2 = self.betas
+        self.exp_avg.mul_(b1).add_(grad, alpha=1 - b1)
+        self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denom = (self.exp_avg_sq.sqrt() / math.sqrt(1 - b2**self.steps)).add_(self.eps)
+        param.addcdiv_(self.exp_avg, denom, value=-self.lr / (1 - b1**self.steps))
+
+    def get_extra_state(self) -> dict:
+        return {"steps": self.steps}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.steps = int(state["steps"])
 
 
 def fmt(x: float) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import Combiner, Weighting, adam_update
+from mtrl.mto.base import Combiner, VectorAdam, Weighting
 
 _EPS = 1e-8
 
@@ -39,8 +39,6 @@ class FAMO(Combiner):
     """
 
     logits: Tensor
-    exp_avg: Tensor
-    exp_avg_sq: Tensor
     losses_before: Tensor
 
     requires_grads = False
@@ -54,10 +52,8 @@ class FAMO(Combiner):
         self.weight_decay = weight_decay
         self.min_loss = min_loss
         self.register_buffer("logits", torch.zeros(num_tasks, dtype=torch.float64))
-        self.register_buffer("exp_avg", torch.zeros(num_tasks, dtype=torch.float64))
-        self.register_buffer("exp_avg_sq", torch.zeros(num_tasks, dtype=torch.float64))
+        self.adam = VectorAdam(num_tasks, lr, weight_decay=weight_decay)
         self.register_buffer("losses_before", torch.ones(num_tasks, dtype=torch.float64))
-        self.steps = 0
         self.has_losses = False
 
     def _shifted(self, losses: Tensor) -> Tensor:
@@ -95,17 +91,13 @@ class FAMO(Combiner):
         delta = self.losses_before.log() - after.log()
         z = torch.softmax(self.logits, dim=0)
         grad = z * (delta - z @ delta)  # softmax Jacobian^T delta
-        self.steps += 1
-        adam_update(
-            self.logits, grad, self.exp_avg, self.exp_avg_sq, self.steps, self.lr, weight_decay=self.weight_decay
-        )
+        self.adam.step(self.logits, grad)
 
     def get_extra_state(self) -> dict:
-        return {**super().get_extra_state(), "steps": self.steps, "has_losses": self.has_losses}
+        return {**super().get_extra_state(), "has_losses": self.has_losses}
 
     def set_extra_state(self, state: dict) -> None:
         super().set_extra_state(state)
-        self.steps = int(state.get("steps", 0))
         self.has_losses = bool(state.get("has_losses", False))
 
 

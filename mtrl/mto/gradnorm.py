@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import Combiner, adam_update, single_thread, weighted_sum
+from mtrl.mto.base import Combiner, VectorAdam, single_thread, weighted_sum
 
 _EPS = 1e-12
 
@@ -36,8 +36,6 @@ class GradNorm(Combiner):
 
     task_weights: Tensor
     initial_losses: Tensor
-    exp_avg: Tensor
-    exp_avg_sq: Tensor
 
     requires_grads = True
 
@@ -47,9 +45,7 @@ class GradNorm(Combiner):
         self.lr = lr
         self.register_buffer("task_weights", torch.ones(num_tasks, dtype=torch.float64))
         self.register_buffer("initial_losses", torch.ones(num_tasks, dtype=torch.float64))
-        self.register_buffer("exp_avg", torch.zeros(num_tasks, dtype=torch.float64))
-        self.register_buffer("exp_avg_sq", torch.zeros(num_tasks, dtype=torch.float64))
-        self.steps = 0
+        self.adam = VectorAdam(num_tasks, lr)
 
     @torch.no_grad()
     def forward(self, grads: Tensor | None, losses: Tensor) -> Tensor:
@@ -61,7 +57,7 @@ class GradNorm(Combiner):
             self.follow_device(gram)
             k = self.num_tasks
             coef = self.task_weights / k
-            if self.steps == 0:
+            if self.adam.steps == 0:
                 self.initial_losses.copy_(current)
             norms = gram.diagonal().clamp_min(0).sqrt()
             ratio = current / self.initial_losses.clamp_min(_EPS)
@@ -69,19 +65,11 @@ class GradNorm(Combiner):
             scaled = self.task_weights * norms
             target = scaled.mean() * rate**self.alpha
             grad = torch.sign(scaled - target) * norms
-            self.steps += 1
-            adam_update(self.task_weights, grad, self.exp_avg, self.exp_avg_sq, self.steps, self.lr)
+            self.adam.step(self.task_weights, grad)
             self.task_weights.clamp_min_(1e-6)
             self.task_weights.mul_(k / self.task_weights.sum())
             self.record_stats(gram, coef)
         return weighted_sum(coef, grads)
-
-    def get_extra_state(self) -> dict:
-        return {**super().get_extra_state(), "steps": self.steps}
-
-    def set_extra_state(self, state: dict) -> None:
-        super().set_extra_state(state)
-        self.steps = int(state.get("steps", 0))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import Combiner, Weighting, adam_update
+from mtrl.mto.base import Combiner, VectorAdam, Weighting
 
 
 class UW(Combiner):
@@ -28,8 +28,6 @@ class UW(Combiner):
     """
 
     log_var: Tensor
-    exp_avg: Tensor
-    exp_avg_sq: Tensor
 
     requires_grads = False
 
@@ -37,9 +35,7 @@ class UW(Combiner):
         super().__init__(num_tasks, seed)
         self.lr = lr
         self.register_buffer("log_var", torch.full((num_tasks,), float(init), dtype=torch.float64))
-        self.register_buffer("exp_avg", torch.zeros(num_tasks, dtype=torch.float64))
-        self.register_buffer("exp_avg_sq", torch.zeros(num_tasks, dtype=torch.float64))
-        self.steps = 0
+        self.adam = VectorAdam(num_tasks, lr)
 
     @torch.no_grad()
     def forward(self, grads: Tensor | None, losses: Tensor) -> Weighting:
@@ -49,17 +45,9 @@ class UW(Combiner):
         precision = torch.exp(-self.log_var)
         weights = 0.5 * precision
         grad = 0.5 * (1.0 - precision * losses.to(torch.float64))
-        self.steps += 1
-        adam_update(self.log_var, grad, self.exp_avg, self.exp_avg_sq, self.steps, self.lr)
+        self.adam.step(self.log_var, grad)
         self.record_stats(weights=weights)
         return Weighting(weights.to(losses.dtype))
-
-    def get_extra_state(self) -> dict:
-        return {**super().get_extra_state(), "steps": self.steps}
-
-    def set_extra_state(self, state: dict) -> None:
-        super().set_extra_state(state)
-        self.steps = int(state.get("steps", 0))
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from mtrl.config import field_docs
 from mtrl.mto import COMBINERS, Combiner, NonFiniteError, Weighting
-from mtrl.mto.base import GramianCombiner, adam_update, gramian
+from mtrl.mto.base import GramianCombiner, VectorAdam, gramian
 from mtrl.mto.cagrad import cagrad_dual_weights, cagrad_sgd20_weights
 from mtrl.mto.cagrad_fast import random_groups
 from mtrl.mto.mgda import min_norm_weights
@@ -752,14 +752,14 @@ def test_gradnorm_initial_loss_and_renormalization() -> None:
     assert comb.task_weights[2] > 1.0 > comb.task_weights[0]
 
 
-def test_adam_update_matches_torch_adam() -> None:
+def test_vector_adam_matches_torch_adam() -> None:
     p = torch.tensor([0.3, -1.0, 2.0], dtype=F64)
     ref = p.clone().requires_grad_(True)
     opt = torch.optim.Adam([ref], lr=0.05, weight_decay=0.01)
-    m, v = torch.zeros(3, dtype=F64), torch.zeros(3, dtype=F64)
+    adam = VectorAdam(3, lr=0.05, weight_decay=0.01)
     for step in range(1, 8):
         g = torch.tensor([math.sin(step), math.cos(step), 0.1 * step], dtype=F64)
-        adam_update(p, g, m, v, step, 0.05, weight_decay=0.01)
+        adam.step(p, g)
         ref.grad = g.clone()
         opt.step()
         torch.testing.assert_close(p, ref.detach(), rtol=1e-14, atol=1e-15)
