@@ -1,4 +1,4 @@
-"""``mtrl`` command line: train | evaluate | record | compare | sweep.
+"""``mtrl`` command line: train | evaluate | record | compare | sweep | bench.
 
 Config values are given as ``--dotted.key value`` (or ``--dotted.key=value``); ``--combiner NAME`` picks a
 combiner and ``--combiner.<option> value`` sets its options. Bad input ends with one line on stderr and exit code 2.
@@ -183,6 +183,12 @@ def cmd_compare(argv: list[str]) -> int:
     return cli(argv)
 
 
+def cmd_bench(argv: list[str]) -> int:
+    from mtrl.bench import cli
+
+    return cli(argv)
+
+
 def cmd_sweep(argv: list[str]) -> int:
     from mtrl.sweep import cli
 
@@ -195,9 +201,10 @@ COMMANDS = {
     "record": cmd_record,
     "compare": cmd_compare,
     "sweep": cmd_sweep,
+    "bench": cmd_bench,
 }
 
-MAIN_HELP = """usage: mtrl {train,evaluate,record,compare,sweep} ...
+MAIN_HELP = """usage: mtrl {train,evaluate,record,compare,sweep,bench} ...
 
 Multi-task SAC with pluggable multi-task optimization (MTO) combiners on Meta-World MT10/MT50.
 
@@ -206,6 +213,7 @@ Multi-task SAC with pluggable multi-task optimization (MTO) combiners on Meta-Wo
   record    rollout videos of a checkpoint into videos/<run_name>/
   compare   success rates across methods and seeds: IQM with bootstrap CIs, plots, markdown table
   sweep     methods x seeds (x static weight grids) from a YAML spec; resumable; local processes or Ray
+  bench     updates/s per combiner (MT10/MT50 sizes), K=1 against stable-baselines3, training steps/s; JSON
 
 Run `mtrl COMMAND --help` for the options of a command."""
 

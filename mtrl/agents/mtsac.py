@@ -45,20 +45,27 @@ class _Component:
         self.combiner = combiner
 
     def step(
-        self, loss_rows: LossRows, inputs: Any, task: Tensor, stratified: bool, group: int | None = None
+        self,
+        loss_rows: LossRows,
+        inputs: Any,
+        task: Tensor,
+        stratified: bool,
+        group: int | None = None,
+        rows: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Backward, clip, step. Returns the per-task losses ``[K]`` and the pre-clip grad norm (if clipping).
 
         :param group: alternating schedule: the batch holds one task group; its plain mean loss is stepped with
             optimizer ``group`` (modulo the number of optimizers), bypassing the combiner.
+        :param rows: ``loss_rows(self.params, inputs)`` if already computed (see :meth:`reuses_rows`).
         """
         if group is None:
             losses = combine_backward(
-                loss_rows, self.params, inputs, task, self.combiner, self.task_specific, stratified
+                loss_rows, self.params, inputs, task, self.combiner, self.task_specific, stratified, rows
             )
             optimizer = self.optimizers[0]
         else:
-            loss = loss_rows(self.params, inputs).mean()
+            loss = (loss_rows(self.params, inputs) if rows is None else rows).mean()
             plist = list(self.params.values())
             for p, g in zip(plist, torch.autograd.grad(loss, plist, allow_unused=True)):
                 p.grad = g if g is not None else torch.zeros_like(p)
@@ -72,6 +79,10 @@ class _Component:
             with torch.no_grad():
                 self.combiner.after_step(task_mean(loss_rows(self.params, inputs), task, self.combiner.num_tasks))
         return losses, norm
+
+    def reuses_rows(self, group: int | None) -> bool:
+        """Whether :meth:`step` can take precomputed loss rows (it backpropagates through the live parameters)."""
+        return group is not None or not self.combiner.requires_grads
 
 
 class _LogAlpha(nn.Module):
@@ -145,6 +156,9 @@ class MTSAC:
     def _actor_rows(self, params: dict[str, Tensor], inputs: tuple[Tensor, ...]) -> Tensor:
         obs, eps, alpha, task = inputs
         action, logp = functional_call(self.actor, params, (obs, task, eps))
+        return self._actor_objective(obs, action, logp, alpha, task)
+
+    def _actor_objective(self, obs: Tensor, action: Tensor, logp: Tensor, alpha: Tensor, task: Tensor) -> Tensor:
         q1, q2 = self.critic(obs, action, task)
         return alpha * logp - torch.minimum(q1, q2)  # [N]
 
@@ -190,11 +204,15 @@ class MTSAC:
         eps, next_eps = noise
         stratified = self.stratified and group is None
 
-        # temperature: uses log pi of fresh actions (detached), alpha for the other losses is the pre-step value
+        # temperature: uses log pi of fresh actions (detached), alpha for the other losses is the pre-step value.
+        # The actor's parameters do not change before its own step, so where the actor step backpropagates through
+        # the live parameters this one forward (with its graph) also serves the actor loss, as in SB3.
+        reuse = self.actor_part.reuses_rows(group)
+        with torch.set_grad_enabled(reuse):
+            action_now, logp_now = self.actor(obs, task, eps)
         with torch.no_grad():
-            _, logp_now = self.actor(obs, task, eps)
             alpha = self._alpha_of(task, self.alpha.log_alpha).exp()  # [N]
-        alpha_losses, _ = self.alpha_part.step(self._alpha_rows, (logp_now, task), task, stratified, group)
+        alpha_losses, _ = self.alpha_part.step(self._alpha_rows, (logp_now.detach(), task), task, stratified, group)
 
         # critic
         with torch.no_grad():
@@ -209,8 +227,9 @@ class MTSAC:
         )
 
         # actor, against the updated critic (its parameters are not stepped here)
+        actor_rows = self._actor_objective(obs, action_now, logp_now, alpha, task) if reuse else None
         actor_losses, actor_norm = self.actor_part.step(
-            self._actor_rows, (obs, eps, alpha, task), task, stratified, group
+            self._actor_rows, (obs, eps, alpha, task), task, stratified, group, actor_rows
         )
 
         logs: dict[str, Tensor] = {
@@ -219,7 +238,7 @@ class MTSAC:
             "losses/alpha": alpha_losses.mean(),
             "losses/target_q": target.mean(),
             "alpha": self.alpha.log_alpha.detach().exp(),
-            "losses/logp": logp_now.mean(),
+            "losses/logp": logp_now.detach().mean(),
         }
         if critic_norm is not None:
             logs["losses/critic_grad_norm"] = critic_norm

@@ -76,12 +76,17 @@ def combine_backward(
     combiner: Combiner,
     task_specific: set[str] = frozenset(),  # type: ignore[assignment]
     stratified: bool = True,
+    rows: Tensor | None = None,
 ) -> Tensor:
-    """Fill ``p.grad`` of every parameter with the combined direction; return the per-task losses ``[K]``."""
+    """Fill ``p.grad`` of every parameter with the combined direction; return the per-task losses ``[K]``.
+
+    :param rows: ``loss_rows(params, inputs)`` when the caller already has it (with its autograd graph); only the
+        loss-space path can use it, gradient-space combiners recompute the loss per task under ``vmap``.
+    """
     k = combiner.num_tasks
     plist = list(params.values())
     if not combiner.requires_grads:
-        losses = task_mean(loss_rows(params, inputs), task, k)  # [K]
+        losses = task_mean(loss_rows(params, inputs) if rows is None else rows, task, k)  # [K]
         weighting = combiner(None, losses.detach())
         assert isinstance(weighting, Weighting)
         total = (weighting.weights.detach() * losses).sum()

@@ -110,3 +110,25 @@ def test_update_through_vmap_path_runs_with_dropout():
     batch = ReplayBatch(obs, act, torch.randn(K * M), obs, torch.zeros(K * M), task, torch.ones(K * M))
     logs = agent.update(batch)
     assert all(torch.isfinite(v).all() for v in logs.values())
+
+
+@pytest.mark.parametrize("conditioning", ["one_hot", "multi_head"])
+def test_reused_actor_forward_equals_recomputed_actor_loss(conditioning):
+    """The unitary path reuses the temperature step's actor forward for the actor loss; the gradient-space path
+    recomputes it per task under vmap. Same noise, same batches: the same parameters after several updates."""
+    reused, task, obs, act = _setup(conditioning)
+    recomputed, *_ = _setup(conditioning)
+    recomputed.actor_part.combiner = _GradSpaceMean(K)
+    assert reused.actor_part.reuses_rows(None) and not recomputed.actor_part.reuses_rows(None)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        batch = ReplayBatch(
+            obs, act, torch.randn(K * M, generator=g), torch.randn(K * M, OBS, generator=g), torch.zeros(K * M),
+            task, torch.ones(K * M),
+        )  # fmt: skip
+        noise = tuple(torch.randn(2, K * M, ACT, generator=g))
+        a, b = reused.update(batch, noise=noise), recomputed.update(batch, noise=noise)
+        assert torch.allclose(a["losses/actor"], b["losses/actor"], atol=1e-6)
+    for (name, p), q in zip(reused.actor.named_parameters(), recomputed.actor.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+    assert not torch.equal(reused.actor.net.head.weight, _setup(conditioning)[0].actor.net.head.weight)

@@ -1,0 +1,297 @@
+"""Throughput benchmark (``mtrl bench``): how fast MT-SAC updates and trains, measured side by side in one process.
+
+Three parts, each printed as a table and written together as JSON:
+
+- **update**: one MT-SAC update on a fixed replay batch, per combiner, at MT10 size (K=10, batch 1280) and MT50 size
+  (K=50, batch 1250), 3x400 networks, one-hot task id, obs 39, action 4. Combiners are interleaved round by round
+  (mean, pcgrad, cagrad, ..., mean, pcgrad, ...) so that load on a shared machine hits all of them alike; the median
+  over rounds is reported with its ratio to ``mean`` (unitary scalarization). Updates/s equal vector steps/s of
+  training at one update per step when the environment costs nothing.
+- **sb3**: K=1, our sample + update against stable-baselines3's ``SAC.train(gradient_steps=1)`` (which samples from
+  its own buffer), same 3x400 networks, batch and device, interleaved.
+- **train** (``--train``): the real loop (:func:`mtrl.train.train`: collect, add, sample, update, log) on Meta-World
+  for a few hundred steps after warm-up, median of its logged ``charts/sps``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mtrl.agents.mtsac import MTSAC
+from mtrl.buffers import MultiTaskReplay, ReplayBatch
+from mtrl.config import ConfigError, from_flat, load_yaml
+from mtrl.mto import COMBINERS
+from mtrl.utils import keep_freed_memory
+
+SIZES = {"MT10": (10, 1280), "MT50": (50, 1250)}  # K, batch
+OBS, ACT = 39, 4
+TARGETS = {"MT10": 1.5, "MT50": 3.0}  # max update cost of a gradient-space combiner relative to mean
+SB3_TARGET = 1.5  # min K=1 speed-up over stable-baselines3
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def kind_of(name: str, k: int) -> str:
+    """``gradient`` if the combiner needs per-task gradients, else ``loss``."""
+    config = COMBINERS[name](weights=tuple([1.0 / k] * k)) if name == "fixed" else COMBINERS[name]()
+    return "gradient" if config.build(k).requires_grads else "loss"
+
+
+def _combiner_flat(name: str, k: int) -> dict[str, Any]:
+    flat: dict[str, Any] = {"combiner": name}
+    if name == "fixed":
+        flat["combiner.weights"] = [1.0 / k] * k
+    if name == "famo":  # critic only: the SAC actor loss is unbounded below
+        flat["combine_actor"] = False
+    return flat
+
+
+def make_agent(name: str, k: int, batch: int, device: torch.device, hidden: int = 400, **extra: Any) -> MTSAC:
+    """An MT-SAC agent with 3 x ``hidden`` networks and combiner ``name``, seeded identically for every name."""
+    flat = {
+        "env.toy_tasks": k,
+        "agent.actor.hidden_dim": hidden,
+        "agent.actor.num_layers": 3,
+        "agent.critic.hidden_dim": hidden,
+        "agent.critic.num_layers": 3,
+        "buffer.batch_size": batch,
+        **_combiner_flat(name, k),
+        **extra,
+    }
+    torch.manual_seed(0)
+    return MTSAC(OBS, ACT, k, from_flat(flat), device)
+
+
+def make_batch(k: int, batch: int, device: torch.device) -> tuple[ReplayBatch, tuple[torch.Tensor, torch.Tensor]]:
+    """A stratified batch (task-major rows) of ``batch // k * k`` rows and the two noise tensors of one update."""
+    g = torch.Generator().manual_seed(0)
+    rows = batch // k * k
+    tensors = ReplayBatch(
+        obs=torch.randn(rows, OBS, generator=g),
+        act=torch.rand(rows, ACT, generator=g) * 2 - 1,
+        rew=torch.randn(rows, generator=g),
+        next_obs=torch.randn(rows, OBS, generator=g),
+        done=torch.zeros(rows),
+        task=torch.arange(k).repeat_interleave(rows // k),
+        rew_absmax=torch.ones(rows),
+    )
+    noise = torch.randn(2, rows, ACT, generator=g)
+    return ReplayBatch(*(t.to(device) for t in tensors)), (noise[0].to(device), noise[1].to(device))
+
+
+def _sync(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def _interleaved(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int, device: torch.device, bar: tqdm) -> dict:
+    """Median seconds per call of each function, calling them in turn ``warmup + rounds`` times."""
+    sync = _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(warmup + rounds):
+        for name, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t0)
+            bar.update(1)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def update_only(
+    sizes: list[str], names: list[str], rounds: int, warmup: int, device: torch.device, hidden: int, bar: tqdm
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per size and combiner: ms per update, updates/s, ratio to ``mean``, kind."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for size in sizes:
+        k, batch = SIZES[size]
+        data, noise = make_batch(k, batch, device)
+        agents = {name: make_agent(name, k, batch, device, hidden) for name in names}
+        fns: dict[str, Callable[[], Any]] = {
+            name: partial(agent.update, data, noise=noise) for name, agent in agents.items()
+        }
+        med = _interleaved(fns, rounds, warmup, device, bar)
+        out[size] = {
+            name: {"ms": 1000 * s, "updates_per_s": 1 / s, "ratio": s / med["mean"], "kind": kind_of(name, k)}
+            for name, s in med.items()
+        }
+    return out
+
+
+class _Spaces(gym.Env):
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (OBS,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (ACT,), np.float32)
+
+
+def versus_sb3(batch: int, rounds: int, warmup: int, device: torch.device, hidden: int, bar: tqdm) -> dict[str, Any]:
+    """K=1: our replay sample + update against SB3's ``SAC.train(gradient_steps=1)``, same networks, batch, device."""
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.logger import Logger
+
+    arch = [hidden] * 3
+    sb3 = SAC("MlpPolicy", _Spaces(), policy_kwargs={"net_arch": arch}, batch_size=batch, device=device, seed=0)
+    sb3.set_logger(Logger(folder=None, output_formats=[]))
+    assert sb3.replay_buffer is not None
+    ours = make_agent("mean", 1, batch, device, hidden, **{"agent.conditioning": "none"})
+    buffer = MultiTaskReplay(1, OBS, ACT, 4 * batch, batch, device=device, seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(4 * batch):
+        obs, next_obs = rng.normal(size=(2, 1, OBS)).astype(np.float32)
+        act, rew = rng.uniform(-1, 1, (1, ACT)).astype(np.float32), rng.normal(size=1)
+        sb3.replay_buffer.add(obs, next_obs, act, rew, np.zeros(1), [{}])
+        buffer.add(obs, act, rew, next_obs, np.zeros(1, dtype=bool))
+    fns: dict[str, Callable[[], Any]] = {
+        "ours": lambda: ours.update(buffer.sample()),
+        "sb3": lambda: sb3.train(gradient_steps=1, batch_size=batch),
+    }
+    med = _interleaved(fns, rounds, warmup, device, bar)
+    return {
+        "batch": batch,
+        "ours_updates_per_s": 1 / med["ours"],
+        "sb3_updates_per_s": 1 / med["sb3"],
+        "ratio": med["sb3"] / med["ours"],
+    }
+
+
+def training(benchmarks: list[str], names: list[str], steps: int, device: str, threads: int) -> dict[str, Any]:
+    """Vector steps/s of the real training loop per benchmark and combiner (median of ``charts/sps``)."""
+    from mtrl.compare import read_scalars
+    from mtrl.train import train
+
+    warmup = 200
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for bench in benchmarks:
+            for name in names:
+                k = SIZES[bench][0]
+                items = {
+                    **load_yaml(CONFIGS / f"{bench.lower()}_unitary.yaml"),
+                    **_combiner_flat(name, k),
+                    "total_steps": warmup + steps, "warmup_steps": warmup, "eval_interval": 0, "eval_episodes": 1,
+                    "log_interval": 50, "checkpoint_interval": warmup + steps, "run_dir": tmp,
+                    "run_name": f"{bench}_{name}", "device": device, "threads": threads,
+                }  # fmt: skip
+                run = train(from_flat(items), progress=False)
+                df = read_scalars(run)
+                sps = df[(df.tag == "charts/sps") & (df.step > warmup + 50)].value
+                out.setdefault(bench, {})[name] = float(np.median(sps))
+    return out
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+        model = names[0] if names else model
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def print_tables(result: dict[str, Any]) -> None:
+    print(f"\ndevice: {result['device']} ({result['device_name']}), torch {result['torch']}")
+    for size, rows in result.get("update", {}).items():
+        k, batch = SIZES[size]
+        print(f"\nupdate only, {size} size (K={k}, batch {batch}, 3x{result['hidden']}):")
+        print(f"  {'combiner':<13}{'kind':<10}{'ms':>9}{'updates/s':>11}{'x mean':>8}  target")
+        for name, row in rows.items():
+            target = ""
+            if row["kind"] == "gradient":
+                ok = row["ratio"] <= TARGETS[size]
+                target = f"<= {TARGETS[size]}x: {'met' if ok else 'NOT met'}"
+            print(
+                f"  {name:<13}{row['kind']:<10}{row['ms']:>9.1f}{row['updates_per_s']:>11.2f}{row['ratio']:>8.2f}  "
+                + target
+            )
+    for row in result.get("sb3", []):
+        ok = "met" if row["ratio"] >= SB3_TARGET else "NOT met"
+        print(
+            f"\nK=1 vs stable-baselines3 SAC, batch {row['batch']}: ours {row['ours_updates_per_s']:.2f} updates/s, "
+            f"SB3 {row['sb3_updates_per_s']:.2f} updates/s, ratio {row['ratio']:.2f}x (target >= {SB3_TARGET}x: {ok})"
+        )
+    for bench, row in result.get("training", {}).items():
+        cells = ", ".join(f"{n} {s:.2f}" for n, s in row.items())
+        print(f"\ntraining {bench} (collect + update), vector steps/s: {cells}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    grad = [n for n in COMBINERS if kind_of(n, 10) == "gradient"]
+    parser = argparse.ArgumentParser(
+        prog="mtrl bench",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES), help="update-only sizes")
+    parser.add_argument(
+        "--combiners", nargs="+", default=grad, metavar="NAME",
+        help=f"combiners besides mean (default: every gradient-space one); any of {', '.join(COMBINERS)}",
+    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per measurement, median reported (7)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (2)")
+    parser.add_argument("--sb3-batch", type=int, nargs="*", default=[256, 1280], help="K=1 batches; none: skip")
+    parser.add_argument("--train", action="store_true", help="also time the real training loop (builds Meta-World)")
+    parser.add_argument("--train-benchmarks", nargs="+", default=["MT10"], choices=list(SIZES))
+    parser.add_argument("--train-combiners", nargs="+", default=["mean"], metavar="NAME", help="(mean)")
+    parser.add_argument("--train-steps", type=int, default=300, help="timed steps after 200 warm-up steps (300)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--hidden", type=int, default=400, help=argparse.SUPPRESS)  # tiny sizes for the tests
+    parser.add_argument("--json", type=Path, default=Path("bench.json"), help="write the results here (bench.json)")
+    return parser
+
+
+def cli(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    for name in [*args.combiners, *args.train_combiners]:
+        if name not in COMBINERS:
+            raise ConfigError(f"unknown combiner '{name}'; expected one of {', '.join(COMBINERS)}")
+    if args.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device: got '{args.device}'; expected auto, cpu or cuda")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    if min(args.rounds, args.train_steps) < 1 or args.warmup < 0:
+        raise ConfigError("--rounds and --train-steps must be >= 1, --warmup >= 0")
+    keep_freed_memory()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device == "auto" else args.device)
+    names = ["mean"] + [c for c in args.combiners if c != "mean"]
+    total = (args.rounds + args.warmup) * (len(names) * len(args.sizes) + 2 * len(args.sb3_batch))
+    result: dict[str, Any] = {
+        "device": str(device),
+        "device_name": _device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "hidden": args.hidden,
+        "command": "mtrl bench " + " ".join(argv),
+    }
+    with tqdm(total=total, desc="bench", unit="update", dynamic_ncols=True, file=sys.stderr) as bar:
+        result["update"] = update_only(args.sizes, names, args.rounds, args.warmup, device, args.hidden, bar)
+        result["sb3"] = [
+            versus_sb3(b, args.rounds, args.warmup, device, args.hidden, bar) for b in args.sb3_batch
+        ]  # fmt: skip
+    if args.train:
+        train_names = ["mean"] + [c for c in args.train_combiners if c != "mean"]
+        result["training"] = training(args.train_benchmarks, train_names, args.train_steps, str(device), args.threads)
+    print_tables(result)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {args.json}")
+    return 0

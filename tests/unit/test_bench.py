@@ -1,0 +1,39 @@
+"""``mtrl bench`` at toy sizes: the tables and the JSON hold every measurement, bad input is one line."""
+
+import json
+
+import pytest
+
+from mtrl.cli import main
+
+
+def test_bench_writes_every_measurement(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    argv = ["bench", "--sizes", "MT10", "--combiners", "pcgrad", "famo", "--rounds", "1", "--warmup", "0"]
+    assert main([*argv, "--sb3-batch", "64", "--hidden", "16", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result["update"]["MT10"]
+    assert list(rows) == ["mean", "pcgrad", "famo"]
+    assert rows["mean"]["ratio"] == 1.0 and rows["pcgrad"]["ratio"] > 0
+    assert (rows["pcgrad"]["kind"], rows["famo"]["kind"]) == ("gradient", "loss")
+    assert rows["pcgrad"]["updates_per_s"] == pytest.approx(1000 / rows["pcgrad"]["ms"])
+    (sb3,) = result["sb3"]
+    assert sb3["batch"] == 64 and sb3["ratio"] == pytest.approx(sb3["ours_updates_per_s"] / sb3["sb3_updates_per_s"])
+    printed = capsys.readouterr().out
+    assert "K=1 vs stable-baselines3 SAC, batch 64" in printed and "<= 1.5x" in printed
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--combiners", "pcgard"], "unknown combiner 'pcgard'"),
+        (["--device", "tpu"], "--device: got 'tpu'"),
+        (["--rounds", "0"], "--rounds and --train-steps must be >= 1"),
+    ],
+)
+def test_bench_bad_input_is_one_line(tmp_path, capsys, args, message):
+    out = tmp_path / "b.json"
+    assert main(["bench", *args, "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
