@@ -18,6 +18,7 @@ from torch.func import functional_call
 from mtrl.buffers import ReplayBatch
 from mtrl.config import ConfigError, NetConfig, TrainConfig
 from mtrl.mto import Combiner
+from mtrl.mto.base import NonFiniteError
 from mtrl.mto.grads import LossRows, combine_backward, task_mean
 from mtrl.mto.mean import MeanConfig
 from mtrl.nets import Actor, TwinQ
@@ -127,6 +128,9 @@ class MTSAC:
         self.alpha_part = _Component(
             self.alpha, alpha_specific, None, a.alpha_lr, combiner(cfg.combine_alpha, 3), n_groups
         )
+        self.parts = {"critic": self.critic_part, "actor": self.actor_part, "alpha": self.alpha_part}
+        for part in self.parts.values():  # no host sync per update on a GPU: see check_finite()
+            part.combiner.defer_finite_checks = device.type == "cuda"
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.groups: list[Tensor] = self._draw_groups() if alternating else []
         self._task_ids = torch.arange(num_tasks, device=device)
@@ -143,6 +147,22 @@ class MTSAC:
             eps = torch.randn(o.shape[0], self.act_dim, generator=self.generator, device=self.device)
             action = self.actor(o, self._task_ids, eps)[0]
         return action.cpu().numpy()
+
+    def check_finite(self) -> None:
+        """Raise :class:`~mtrl.mto.base.NonFiniteError` for a non-finite loss seen since the last call.
+
+        On CPU every update checks its losses at once; on a GPU the check is deferred to this call (one host sync),
+        which the training loop makes before logging and before saving a checkpoint. Clears every part's record and
+        raises the first of critic, actor, temperature.
+        """
+        errors = []
+        for part in self.parts.values():
+            try:
+                part.combiner.raise_deferred()
+            except NonFiniteError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def _alpha_of(self, task: Tensor, log_alpha: Tensor) -> Tensor:
         return log_alpha[task] if log_alpha.shape[0] > 1 else log_alpha.expand(task.shape[0])
@@ -193,7 +213,7 @@ class MTSAC:
                 logs = self._sac_step(sub, (noise[0][rows], noise[1][rows]), g)
         with torch.no_grad():
             torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.tau)
-        for name, part in (("critic", self.critic_part), ("actor", self.actor_part), ("alpha", self.alpha_part)):
+        for name, part in self.parts.items():
             for key, value in part.combiner.stats_tensors.items():
                 logs[f"mto/{name}/{key}"] = value
         return logs
@@ -258,14 +278,9 @@ class MTSAC:
             "critic": self.critic.state_dict(),
             "critic_target": self.critic_target.state_dict(),
             "alpha": self.alpha.state_dict(),
+            **{f"{name}_combiner": part.combiner.state_dict() for name, part in self.parts.items()},
             **{
-                f"{name}_{what}": getattr(part, what).state_dict()
-                for name, part in (("critic", self.critic_part), ("actor", self.actor_part), ("alpha", self.alpha_part))
-                for what in ("combiner",)
-            },
-            **{
-                f"{name}_optimizers": [opt.state_dict() for opt in part.optimizers]
-                for name, part in (("critic", self.critic_part), ("actor", self.actor_part), ("alpha", self.alpha_part))
+                f"{name}_optimizers": [opt.state_dict() for opt in part.optimizers] for name, part in self.parts.items()
             },
             "groups": [g.cpu() for g in self.groups],
             "generator": self.generator.get_state(),
@@ -276,7 +291,7 @@ class MTSAC:
         self.critic.load_state_dict(state["critic"])
         self.critic_target.load_state_dict(state["critic_target"])
         self.alpha.load_state_dict(state["alpha"])
-        for name, part in (("critic", self.critic_part), ("actor", self.actor_part), ("alpha", self.alpha_part)):
+        for name, part in self.parts.items():
             for opt, opt_state in zip(part.optimizers, state[f"{name}_optimizers"]):
                 opt.load_state_dict(opt_state)
             part.combiner.load_state_dict(state[f"{name}_combiner"])

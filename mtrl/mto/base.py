@@ -71,6 +71,10 @@ class Combiner(nn.Module):
         self.num_tasks = num_tasks
         self.generator = torch.Generator().manual_seed(seed)
         self.stats: dict[str, float] = {}
+        #: when set (the agent does on CUDA), :meth:`check_finite` on losses alone only records non-finite tasks
+        #: on the device, without a host sync; :meth:`raise_deferred` raises them later.
+        self.defer_finite_checks = False
+        self._deferred_bad: Tensor | None = None  # [K] bool
 
     def forward(self, grads: Tensor | None, losses: Tensor) -> Tensor | Weighting:  # pragma: no cover - abstract
         """:param grads: ``[K, P]`` per-task gradients over the shared parameters, or ``None`` for loss-space methods.
@@ -87,8 +91,12 @@ class Combiner(nn.Module):
 
         One host sync. The gradients are screened through their row sums (any NaN/inf makes the sum non-finite);
         only when a row sum is non-finite are the entries inspected, so a finite matrix costs one reduction pass.
+        With :attr:`defer_finite_checks` and no gradients: no sync, the check is left to :meth:`raise_deferred`.
         """
         bad = ~torch.isfinite(losses)
+        if grads is None and self.defer_finite_checks:
+            self._deferred_bad = bad if self._deferred_bad is None else self._deferred_bad | bad
+            return
         if grads is not None:
             bad = bad | ~torch.isfinite(grads.sum(dim=1))
         if bool(bad.any()):
@@ -99,6 +107,12 @@ class Combiner(nn.Module):
             task = int(bad.nonzero()[0, 0])
             what = "loss" if not bool(torch.isfinite(losses[task])) else "gradient"
             raise NonFiniteError(f"combiner '{self}' got a non-finite {what} for task {task}")
+
+    def raise_deferred(self) -> None:
+        """Raise :class:`NonFiniteError` if a deferred check saw a non-finite loss since the last call (one sync)."""
+        bad, self._deferred_bad = self._deferred_bad, None
+        if bad is not None and bool(bad.any()):
+            raise NonFiniteError(f"combiner '{self}' got a non-finite loss for task {int(bad.nonzero()[0, 0])}")
 
     def checked_gramian(self, grads: Tensor, losses: Tensor) -> Tensor:
         """:meth:`check_finite` for the losses, then the Gramian ``[K, K]`` (float64 CPU, :func:`gramian`), whose

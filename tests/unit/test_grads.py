@@ -6,7 +6,7 @@ import torch
 from mtrl.agents.mtsac import MTSAC
 from mtrl.buffers import ReplayBatch
 from mtrl.config import from_flat
-from mtrl.mto.base import Combiner
+from mtrl.mto.base import Combiner, NonFiniteError
 from mtrl.mto.grads import combine_backward, per_task_grads, task_mean
 from mtrl.mto.mean import Mean
 
@@ -132,3 +132,23 @@ def test_reused_actor_forward_equals_recomputed_actor_loss(conditioning):
     for (name, p), q in zip(reused.actor.named_parameters(), recomputed.actor.parameters()):
         assert torch.allclose(p, q, atol=1e-6), name
     assert not torch.equal(reused.actor.net.head.weight, _setup(conditioning)[0].actor.net.head.weight)
+
+
+def test_deferred_finite_check_raises_at_check_finite_not_in_update():
+    """On a GPU the loss-space checks are deferred (no host sync per update); forced here on CPU."""
+    agent, task, obs, act = _setup("one_hot")
+    assert not agent.critic_part.combiner.defer_finite_checks  # CPU: checked in every update
+    rew = torch.zeros(K * M)
+    rew[task == 2] = float("nan")
+    batch = ReplayBatch(obs, act, rew, obs, torch.zeros(K * M), task, torch.ones(K * M))
+    with pytest.raises(NonFiniteError, match="combiner 'mean' got a non-finite loss for task 2"):
+        agent.update(batch)
+    agent, *_ = _setup("one_hot")
+    for part in agent.parts.values():
+        part.combiner.defer_finite_checks = True
+    agent.update(batch._replace(rew=torch.zeros(K * M)))
+    agent.check_finite()  # finite so far
+    agent.update(batch)  # no error yet
+    with pytest.raises(NonFiniteError, match="combiner 'mean' got a non-finite loss for task 2"):
+        agent.check_finite()
+    agent.check_finite()  # reported once, then cleared
