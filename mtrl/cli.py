@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mtrl: error: unknown command '{name}'; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     from mtrl.checkpoint import CheckpointError
+    from mtrl.evaluate import EvalWorkerError
     from mtrl.mto.base import NonFiniteError
     from mtrl.train import RunDirError
     from mtrl.video import VideoError
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError, CheckpointError, RunDirError, VideoError) as exc:
         print(f"mtrl {name}: error: {exc}", file=sys.stderr)
         return 2
-    except NonFiniteError as exc:
+    except (NonFiniteError, EvalWorkerError) as exc:
         print(f"mtrl {name}: error: {exc}; training stopped, the last good checkpoint is kept", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

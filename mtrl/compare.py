@@ -64,6 +64,7 @@ NOT_METHOD_KEYS: frozenset[str] = frozenset(
         "threads",
         "log_interval",
         "checkpoint_interval",
+        "eval_mode",
         "env.vector_strategy",
     }
 )

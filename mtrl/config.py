@@ -38,8 +38,9 @@ class EnvConfig:
     """Meta-World reward function version."""
     max_episode_steps: int = 0
     """Episode length; 0 takes the protocol's (official 500, legacy 150, toy 50)."""
-    vector_strategy: Literal["sync", "async"] = "sync"
-    """Meta-World vector env: sync (one process) or async (one worker process per task)."""
+    vector_strategy: Literal["auto", "sync", "async"] = "auto"
+    """Meta-World vector env: sync (one process) or async (one worker process per task); auto takes async when
+    the machine has at least K + 2 CPU cores (and the env is not rendered), else sync. The toy env ignores it."""
     toy_tasks: int = 4
     """Number of tasks of the toy env."""
 
@@ -133,6 +134,12 @@ class TrainConfig:
     """Evaluate every this many steps (and at the end); 0 = only at the end."""
     eval_episodes: int = 10
     """Evaluation episodes per task (official Meta-World protocol: 50, one per goal)."""
+    eval_mode: Literal["auto", "sync", "async"] = "auto"
+    """sync: evaluate inside the training loop (training waits). async: one worker process evaluates CPU copies of
+    the actor while training goes on; each result is logged at the step of its copy and equals sync's on a CPU
+    device (on a GPU it may differ in the last float bits); a pending evaluation is lost when a run is killed
+    (resuming does not redo one taken at the checkpoint's step). auto: async on Meta-World benchmarks with at least
+    4 CPU cores, else sync. MT-SAC only (single_task evaluates in its loop)."""
     video_interval: int = 0
     """Every this many evaluations, also render one episode per task into TensorBoard (images tab, GIF); 0 = off."""
     log_interval: int = 250
@@ -381,6 +388,10 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.agent.optimizer_per_group and cfg.agent.regroup:
         raise ConfigError(
             "agent.optimizer_per_group: got true with agent.regroup true; one optimizer per group needs fixed groups"
+        )
+    if cfg.eval_mode == "async" and cfg.agent.kind == "single_task":
+        raise ConfigError(
+            "eval_mode: got 'async' with agent.kind single_task, which evaluates in its loop; use auto or sync"
         )
     if cfg.env.toy_tasks < 1:
         raise ConfigError(f"env.toy_tasks: got {cfg.env.toy_tasks}, expected a positive integer")

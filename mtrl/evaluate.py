@@ -1,13 +1,28 @@
-"""Evaluation: deterministic policy, success if the task's success flag is set at any step of an episode."""
+"""Evaluation: deterministic policy, success if the task's success flag is set at any step of an episode.
+
+:func:`evaluate` runs in the caller's process; :class:`AsyncEvaluator` runs it in a worker process on snapshots
+of the actor, so that training does not wait for it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import signal
+from collections import deque
 from collections.abc import Callable
+from multiprocessing.connection import Connection
+from types import FrameType
 from typing import NamedTuple
 
 import numpy as np
+import torch
+from torch import Tensor
 
+from mtrl.config import AgentConfig, EnvConfig
+from mtrl.envs import make_env
 from mtrl.envs.base import MultiTaskVecEnv
+from mtrl.nets import Actor
 
 Policy = Callable[[np.ndarray], np.ndarray]
 
@@ -46,3 +61,168 @@ def evaluate(policy: Policy, env: MultiTaskVecEnv, episodes: int, seed: int | No
         ep_return[ended] = 0.0
     per_task = success.mean(axis=1)
     return EvalResult(float(per_task.mean()), per_task, returns)
+
+
+# ------------------------------------------------------------------------------------------- asynchronous evaluation
+
+
+class EvalWorkerError(RuntimeError):
+    """The evaluation worker process failed or died; the message is one line."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)  # unwinds through the worker's finally, which closes the env (and its worker processes)
+
+
+def _worker(
+    conn: Connection, env_cfg: EnvConfig, agent_cfg: AgentConfig, env_seed: int, episodes: int, seed: int
+) -> None:
+    """Body of the evaluation process: build the env and a CPU actor once, then evaluate each snapshot received.
+
+    Messages in: ``(step, actor weights as numpy arrays)``, or ``None`` to stop. Messages out: ``("ready",)`` once
+    built, ``("result", step, EvalResult)`` per snapshot, ``("error", one line)`` on failure (then it exits).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the trainer stops us
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    torch.set_num_threads(1)  # one [K, obs] batch per env step: threads would only compete with training
+    env: MultiTaskVecEnv | None = None
+    try:
+        env = make_env(env_cfg, env_seed, evaluation=True)
+        actor = Actor(env.obs_dim, env.act_dim, env.num_tasks, agent_cfg.conditioning, agent_cfg.actor).eval()
+        tasks = torch.arange(env.num_tasks)
+
+        @torch.no_grad()
+        def policy(obs: np.ndarray) -> np.ndarray:  # as MTSAC.act(obs, deterministic=True)
+            return actor.mode(torch.as_tensor(obs, dtype=torch.float32), tasks).numpy()
+
+        conn.send(("ready",))
+        while (message := conn.recv()) is not None:
+            step, weights = message
+            actor.load_state_dict({name: torch.from_numpy(w) for name, w in weights.items()})
+            conn.send(("result", step, evaluate(policy, env, episodes, seed=seed)))
+    except Exception as exc:  # reported to the trainer, which raises EvalWorkerError; EOFError: the trainer is gone
+        with contextlib.suppress(OSError):
+            conn.send(("error", _one_line(exc)))
+    finally:
+        if env is not None:
+            env.close()
+        conn.close()
+
+
+class AsyncEvaluator:
+    """Evaluates snapshots of the actor in one long-lived worker process while training goes on.
+
+    The worker is started with the ``spawn`` method (forking a process that runs torch and MuJoCo threads is
+    unsafe). It builds its own evaluation env, ``make_env(env_cfg, env_seed, evaluation=True)``, and a CPU
+    :class:`~mtrl.nets.Actor` once, then runs :func:`evaluate` with the deterministic action ``tanh(mu)`` for each
+    snapshot, in the order submitted, one at a time; snapshots wait in this process until the worker is free. On a
+    CPU device the results equal those of evaluating the agent in-process with the same seeds.
+
+    Use as a context manager (or call :meth:`close`) so the worker never outlives the trainer. As with any use of
+    ``spawn``, a script that starts one (e.g. through :func:`mtrl.train.train`) needs an
+    ``if __name__ == "__main__":`` guard: the worker imports the script's main module.
+
+    :param env_cfg: the run's env config.
+    :param agent_cfg: the run's agent config (network conditioning and sizes of the actor).
+    :param env_seed: seed of the evaluation env.
+    :param episodes: evaluation episodes per task.
+    :param seed: reset seed passed to :func:`evaluate`.
+    """
+
+    def __init__(self, env_cfg: EnvConfig, agent_cfg: AgentConfig, env_seed: int, episodes: int, seed: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        # not a daemon: daemonic processes may not start children, and an async eval env starts one per task
+        self._process = ctx.Process(
+            target=_worker, args=(child, env_cfg, agent_cfg, env_seed, episodes, seed), name="mtrl-eval"
+        )
+        self._process.start()
+        child.close()  # the worker holds the only other end: its exit shows here as end-of-file
+        self._waiting: deque[tuple[int, dict[str, np.ndarray]]] = deque()  # snapshots not yet sent
+        self._ready = False  # the worker has built its env and actor
+        self._in_flight: int | None = None  # step of the snapshot being evaluated
+        self._closed = False
+
+    @property
+    def pending(self) -> int:
+        """Snapshots submitted whose result has not been returned yet."""
+        return len(self._waiting) + (self._in_flight is not None)
+
+    def submit(self, step: int, actor_state: dict[str, Tensor]) -> None:
+        """Queue a copy of the actor's weights (``actor.state_dict()``, any device) for evaluation at ``step``."""
+        weights = {name: t.detach().to("cpu", copy=True).numpy() for name, t in actor_state.items()}
+        self._waiting.append((step, weights))
+        self._dispatch()
+
+    def poll(self) -> list[tuple[int, EvalResult]]:
+        """The ``(step, result)`` pairs finished since the last call, in step order; never blocks."""
+        done = []
+        while self._conn.poll():
+            done += self._receive()
+        self._dispatch()
+        return done
+
+    def wait(self) -> list[tuple[int, EvalResult]]:
+        """Block until every submitted snapshot is evaluated; the ``(step, result)`` pairs not returned yet."""
+        done = []
+        while self.pending:
+            self._dispatch()
+            done += self._receive()
+        return done
+
+    def close(self) -> None:
+        """Stop the worker: let it exit when idle, terminate it when it is busy or does not exit; reap it."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._ready and self._in_flight is None:
+            with contextlib.suppress(OSError):
+                self._conn.send(None)
+            self._process.join(timeout=10)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(timeout=10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._conn.close()
+
+    def __enter__(self) -> AsyncEvaluator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _dispatch(self) -> None:
+        if self._ready and self._in_flight is None and self._waiting:
+            try:
+                self._conn.send(self._waiting[0])
+            except OSError:
+                raise EvalWorkerError(self._died()) from None
+            self._in_flight = self._waiting.popleft()[0]
+
+    def _receive(self) -> list[tuple[int, EvalResult]]:
+        """Read one message (blocking); the finished evaluation it carries, if any."""
+        try:
+            message = self._conn.recv()
+        except (EOFError, OSError):
+            raise EvalWorkerError(self._died()) from None
+        if message[0] == "error":
+            raise EvalWorkerError(f"evaluation worker failed: {message[1]}")
+        if message[0] == "ready":
+            self._ready = True
+            return []
+        _, step, result = message
+        self._in_flight = None
+        return [(step, result)]
+
+    def _died(self) -> str:
+        self._process.join(timeout=5)
+        return (
+            f"the evaluation worker process died (exit code {self._process.exitcode}) with {self.pending} "
+            "evaluation(s) pending; eval_mode sync evaluates in the training process instead"
+        )

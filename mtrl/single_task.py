@@ -13,7 +13,7 @@ networks), ``agent.actor.lr`` (SB3 has one learning rate for actor, critic and t
 ``agent.init_temperature`` (learned per task, target entropy ``-act_dim``), ``buffer.capacity // K`` and
 ``buffer.batch_size // K`` per task, seeds ``seed * 1000 + k``. Not used: the combiner, conditioning, temperature
 sharing, LayerNorm, dropout, weight decay, gradient clipping, reward normalization, Q-target clipping, the update
-schedule and the buffer kind.
+schedule, the buffer kind and ``eval_mode`` (evaluation runs in the training loop).
 """
 
 from __future__ import annotations

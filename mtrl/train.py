@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import time
@@ -9,7 +10,7 @@ from dataclasses import replace
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -23,8 +24,9 @@ from mtrl.buffers import MultiTaskReplay
 from mtrl.config import ConfigError, TrainConfig, dump_yaml, from_flat, to_flat
 from mtrl.envs import StepResult, make_env
 from mtrl.envs.gl import ensure_gl_backend
-from mtrl.evaluate import evaluate
+from mtrl.evaluate import AsyncEvaluator, EvalResult, EvalWorkerError, evaluate
 from mtrl.logger import add_gif, write_hparams
+from mtrl.utils import keep_freed_memory
 from mtrl.video import frames_for_tensorboard
 
 BUFFER = "buffer.pt"
@@ -59,6 +61,13 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: got 'cuda', but torch sees no CUDA device; expected cpu or auto here")
     return torch.device(name)
+
+
+def eval_mode(cfg: TrainConfig) -> Literal["sync", "async"]:
+    """``cfg.eval_mode`` with ``auto`` resolved: async on Meta-World benchmarks with at least 4 CPU cores, else sync."""
+    if cfg.eval_mode != "auto":
+        return cfg.eval_mode
+    return "async" if cfg.env.benchmark != "toy" and (os.cpu_count() or 1) >= 4 else "sync"
 
 
 def default_run_name(cfg: TrainConfig, num_tasks: int) -> str:
@@ -121,6 +130,8 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
     """Train MT-SAC as configured. ``run`` given: resume that run from its checkpoint. Returns the run directory.
 
     ``agent.kind: single_task`` trains one stable-baselines3 SAC per task instead (:mod:`mtrl.single_task`).
+    Evaluation runs in the loop or, with ``eval_mode`` async, in a worker process
+    (:class:`~mtrl.evaluate.AsyncEvaluator`) whose failure raises :class:`~mtrl.evaluate.EvalWorkerError`.
     """
     if cfg.agent.kind == "single_task":
         from mtrl.single_task import check_resumable, train_single_task
@@ -129,12 +140,14 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
             check_resumable(cfg)
         return train_single_task(cfg, command=command, progress=progress)
     ensure_gl_backend()  # before anything imports mujoco: egl with a GPU, osmesa without
+    keep_freed_memory()
     device = pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     env = make_env(cfg.env, cfg.seed)
-    eval_env = make_env(cfg.env, cfg.seed + EVAL_SEED_OFFSET, evaluation=True)
+    asynchronous = eval_mode(cfg) == "async"
+    eval_env = None if asynchronous else make_env(cfg.env, cfg.seed + EVAL_SEED_OFFSET, evaluation=True)
     video_env = (
         make_env(cfg.env, cfg.seed + EVAL_SEED_OFFSET, evaluation=True, render=True) if cfg.video_interval else None
     )
@@ -181,54 +194,83 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
     logs: dict[str, torch.Tensor] = {}
     final: dict[str, float] = {}
     evals_done = 0
+    evaluator = (
+        AsyncEvaluator(cfg.env, cfg.agent, cfg.seed + EVAL_SEED_OFFSET, cfg.eval_episodes, cfg.seed)
+        if asynchronous
+        else None
+    )
     bar = tqdm(
         total=cfg.total_steps, initial=start, desc=run.name, unit="step", disable=not progress, dynamic_ncols=True
     )
-    for step in range(start, cfg.total_steps):
-        action = rng.uniform(-1.0, 1.0, (k, env.act_dim)) if step < cfg.warmup_steps else agent.act(obs)
-        res = env.step(action)
-        buffer.add(obs, action, res.reward, res.next_obs, res.terminated)
-        episodes.add(res, writer, step + 1)
-        obs = res.obs
-        if step >= cfg.warmup_steps:
-            for _ in range(cfg.updates_per_step):
-                logs = agent.update(buffer.sample())
-        bar.update(1)
 
-        done = step + 1
-        if done % cfg.log_interval == 0 and logs:
-            now = time.perf_counter()
-            sps = (done - step_log) / (now - t_log)
-            t_log, step_log = now, done
-            writer.add_scalar("charts/sps", sps, done)
-            for key, value in logs.items():
-                if value.numel() == 1 and key != "alpha":
-                    writer.add_scalar(key, float(value), done)
-                else:  # one value per task (per-task alpha, combiner task weights)
-                    names = env.task_names if value.numel() == k else ["shared"]
-                    for name, v in zip(names, value.tolist()):
-                        writer.add_scalar(f"{key}/{name}", v, done)
-        if (cfg.eval_interval and done % cfg.eval_interval == 0) or done == cfg.total_steps:
-            result = evaluate(lambda o: agent.act(o, deterministic=True), eval_env, cfg.eval_episodes, seed=cfg.seed)
-            writer.add_scalar("eval/success_rate", result.mean, done)
-            for name, rate, rets in zip(env.task_names, result.per_task, result.returns):
-                writer.add_scalar(f"eval/success_rate/{name}", float(rate), done)
-                writer.add_scalar(f"eval/return/{name}", float(rets.mean()), done)
-            final = {"final_success_rate": result.mean}
-            evals_done += 1
-            if video_env is not None and evals_done % cfg.video_interval == 0:
-                clips = frames_for_tensorboard(lambda o: agent.act(o, deterministic=True), video_env)
-                add_gif(writer, "eval/video", clips, done)
-            bar.set_postfix(success=f"{result.mean:.2f}")
-        if done % cfg.checkpoint_interval == 0 or done == cfg.total_steps:
-            save(done, wall_before + time.perf_counter() - t0)
-    bar.close()
-    writer.close()
+    def greedy(obs: np.ndarray) -> np.ndarray:
+        return agent.act(obs, deterministic=True)
+
+    def log_eval(step: int, result: EvalResult) -> None:
+        writer.add_scalar("eval/success_rate", result.mean, step)
+        for name, rate, rets in zip(env.task_names, result.per_task, result.returns):
+            writer.add_scalar(f"eval/success_rate/{name}", float(rate), step)
+            writer.add_scalar(f"eval/return/{name}", float(rets.mean()), step)
+        final["final_success_rate"] = result.mean
+        bar.set_postfix(success=f"{result.mean:.2f}")
+
+    try:
+        for step in range(start, cfg.total_steps):
+            action = rng.uniform(-1.0, 1.0, (k, env.act_dim)) if step < cfg.warmup_steps else agent.act(obs)
+            res = env.step(action)
+            buffer.add(obs, action, res.reward, res.next_obs, res.terminated)
+            episodes.add(res, writer, step + 1)
+            obs = res.obs
+            if step >= cfg.warmup_steps:
+                for _ in range(cfg.updates_per_step):
+                    logs = agent.update(buffer.sample())
+            bar.update(1)
+
+            done = step + 1
+            checkpoint_due = done % cfg.checkpoint_interval == 0 or done == cfg.total_steps
+            if (done % cfg.log_interval == 0 and logs) or checkpoint_due:
+                agent.check_finite()  # deferred on a GPU: the one host sync of these steps
+            if done % cfg.log_interval == 0 and logs:
+                now = time.perf_counter()
+                sps = (done - step_log) / (now - t_log)
+                t_log, step_log = now, done
+                writer.add_scalar("charts/sps", sps, done)
+                for key, value in logs.items():
+                    if value.numel() == 1 and key != "alpha":
+                        writer.add_scalar(key, float(value), done)
+                    else:  # one value per task (per-task alpha, combiner task weights)
+                        names = env.task_names if value.numel() == k else ["shared"]
+                        for name, v in zip(names, value.tolist()):
+                            writer.add_scalar(f"{key}/{name}", v, done)
+            if (cfg.eval_interval and done % cfg.eval_interval == 0) or done == cfg.total_steps:
+                if evaluator is not None:  # evaluated in the worker, logged at `done` when it returns
+                    evaluator.submit(done, agent.actor.state_dict())
+                else:
+                    assert eval_env is not None  # built for sync evaluation
+                    log_eval(done, evaluate(greedy, eval_env, cfg.eval_episodes, seed=cfg.seed))
+                evals_done += 1
+                if video_env is not None and evals_done % cfg.video_interval == 0:  # always in-process
+                    clips = frames_for_tensorboard(greedy, video_env)
+                    add_gif(writer, "eval/video", clips, done)
+            if evaluator is not None:
+                for at, result in evaluator.poll():
+                    log_eval(at, result)
+            if checkpoint_due:
+                save(done, wall_before + time.perf_counter() - t0)
+        if evaluator is not None and evaluator.pending:
+            bar.set_postfix_str(f"waiting for {evaluator.pending} evaluation(s)")
+            for at, result in evaluator.wait():
+                log_eval(at, result)
+    finally:
+        if evaluator is not None:
+            evaluator.close()
+        bar.close()
+        writer.close()
+        for e in (env, eval_env, video_env):
+            if e is not None:
+                e.close()
     if final:
         write_hparams(run, to_flat(cfg), final, step=cfg.total_steps)
-    for e in (env, eval_env, video_env):
-        if e is not None:
-            e.close()
     return run
 
 
@@ -250,4 +292,13 @@ def main_message(run: Path) -> str:
     )
 
 
-__all__ = ["RunDirError", "main_message", "pick_device", "prepare_run_dir", "restore", "train"]
+__all__ = [
+    "EvalWorkerError",
+    "RunDirError",
+    "eval_mode",
+    "main_message",
+    "pick_device",
+    "prepare_run_dir",
+    "restore",
+    "train",
+]

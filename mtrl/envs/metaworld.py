@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -260,27 +261,40 @@ class MetaWorldVecEnv:
         self.close()
 
 
+def vector_strategy(cfg: EnvConfig, *, render: bool = False) -> Literal["sync", "async"]:
+    """The vector env to build for ``cfg.vector_strategy``; ``auto`` is async (one worker process per task) when
+    ``os.cpu_count() >= K + 2`` (a core per task, one for the trainer, one spare) and nothing is rendered, else sync.
+
+    :param render: the env must render, which needs the sync vector env; an explicit ``async`` raises ValueError.
+    """
+    if cfg.vector_strategy not in ("auto", "sync", "async"):
+        raise ValueError(f"env.vector_strategy: got {cfg.vector_strategy!r}, expected auto, sync or async")
+    if render and cfg.vector_strategy == "async":
+        # forked workers hang when the parent already holds an OpenGL context; frames are cheap to get in-process
+        raise ValueError("env.vector_strategy: rendering needs the sync vector env; build it with vector_strategy=sync")
+    if cfg.vector_strategy == "auto":
+        return "async" if not render and (os.cpu_count() or 1) >= cfg.num_tasks + 2 else "sync"
+    return cfg.vector_strategy
+
+
 def make_metaworld(
     cfg: EnvConfig, seed: int, *, evaluation: bool = False, render: bool = False, use_one_hot: bool = False
 ) -> MetaWorldVecEnv:
     """Build the Meta-World vector env of ``cfg.benchmark`` (``MT10``, ``MT50`` or ``MT1-<task>``).
 
-    :param cfg: benchmark, protocol (official / legacy), reward version, episode length, sync / async.
+    :param cfg: benchmark, protocol (official / legacy), reward version, episode length, vector strategy
+        (:func:`vector_strategy`).
     :param seed: seeds the benchmark's goal variations, the legacy goal choice, and sub-env ``k`` with ``seed + k``.
     :param evaluation: official protocol: terminate on success and cycle through the 50 goals instead of sampling
         them; legacy protocol: no difference (mtrl evaluates full 150-step episodes on the seed's fixed goals).
-    :param render: ``render()`` returns one ``[256, 256, 3]`` frame per task (needs offscreen OpenGL and
-        ``vector_strategy=sync``).
+    :param render: ``render()`` returns one ``[256, 256, 3]`` frame per task (needs offscreen OpenGL and the
+        sync vector env: ``vector_strategy`` sync or auto).
     :param use_one_hot: append the task one-hot to observations (obs dim 39 + K); the agent of this package does
         its own task conditioning, so this is off by default.
     """
     if cfg.protocol not in EPISODE_STEPS:
         raise ValueError(f"env.protocol: got {cfg.protocol!r}, expected one of {', '.join(EPISODE_STEPS)}")
-    if cfg.vector_strategy not in ("sync", "async"):
-        raise ValueError(f"env.vector_strategy: got {cfg.vector_strategy!r}, expected sync or async")
-    if render and cfg.vector_strategy == "async":
-        # forked workers hang when the parent already holds an OpenGL context; frames are cheap to get in-process
-        raise ValueError("env.vector_strategy: rendering needs the sync vector env; build it with vector_strategy=sync")
+    strategy = vector_strategy(cfg, render=render)
     max_steps = cfg.max_episode_steps or EPISODE_STEPS[cfg.protocol]
     official = cfg.protocol == "official"
     tasks = _benchmark(cfg.benchmark, seed)
@@ -307,7 +321,7 @@ def make_metaworld(
         )
     mode = gym.vector.AutoresetMode.SAME_STEP
     vec: gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv
-    if cfg.vector_strategy == "async":
+    if strategy == "async":
         vec = gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode)
     else:
         vec = gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)

@@ -48,6 +48,9 @@ def test_nested_yaml_is_flattened():
         ({"agent.actor.layer_norm": "maybe"}, "expected true or false"),
         ({"env": 3}, "env: is a section"),
         ({"agent": 3}, "agent.kind: got 3, expected one of mtsac, single_task"),
+        ({"eval_mode": "later"}, "eval_mode: got 'later', expected one of auto, sync, async"),
+        ({"eval_mode": "async", "agent": "single_task"}, "eval_mode: got 'async' with agent.kind single_task"),
+        ({"env.vector_strategy": "threads"}, "env.vector_strategy: got 'threads', expected one of auto, sync, async"),
     ],
 )
 def test_bad_values_give_one_line_errors_naming_the_field(items, message):
@@ -55,6 +58,14 @@ def test_bad_values_give_one_line_errors_naming_the_field(items, message):
         from_flat(items)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_presets_leave_eval_mode_and_vector_strategy_to_the_machine():
+    for preset in PRESETS:
+        items = load_yaml(preset)
+        cfg = from_flat(items)
+        assert cfg.eval_mode == items.get("eval_mode", "auto"), preset.name
+        assert cfg.env.vector_strategy == items.get("env.vector_strategy", "auto"), preset.name
 
 
 def test_combiner_is_a_tagged_union():
