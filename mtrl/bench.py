@@ -114,20 +114,37 @@ def _interleaved(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int, de
 
 
 def update_only(
-    sizes: list[str], names: list[str], rounds: int, warmup: int, device: torch.device, hidden: int, bar: tqdm
+    sizes: list[str],
+    names: list[str],
+    rounds: int,
+    warmup: int,
+    device: torch.device,
+    hidden: int,
+    bar: tqdm,
+    compiled: bool = False,
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per size and combiner: ms per update, updates/s, ratio to ``mean``, kind."""
+    """Per size and combiner: ms per update, updates/s, ratio to ``mean``, kind.
+
+    :param compiled: also time ``mean`` with ``agent.compile`` (row ``mean+compile``).
+    """
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for size in sizes:
         k, batch = SIZES[size]
         data, noise = make_batch(k, batch, device)
         agents = {name: make_agent(name, k, batch, device, hidden) for name in names}
+        if compiled:
+            agents["mean+compile"] = make_agent("mean", k, batch, device, hidden, **{"agent.compile": True})
         fns: dict[str, Callable[[], Any]] = {
             name: partial(agent.update, data, noise=noise) for name, agent in agents.items()
         }
         med = _interleaved(fns, rounds, warmup, device, bar)
         out[size] = {
-            name: {"ms": 1000 * s, "updates_per_s": 1 / s, "ratio": s / med["mean"], "kind": kind_of(name, k)}
+            name: {
+                "ms": 1000 * s,
+                "updates_per_s": 1 / s,
+                "ratio": s / med["mean"],
+                "kind": kind_of(name.removesuffix("+compile"), k),
+            }
             for name, s in med.items()
         }
     return out
@@ -249,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-benchmarks", nargs="+", default=["MT10"], choices=list(SIZES))
     parser.add_argument("--train-combiners", nargs="+", default=["mean"], metavar="NAME", help="(mean)")
     parser.add_argument("--train-steps", type=int, default=300, help="timed steps after 200 warm-up steps (300)")
+    parser.add_argument("--compile", action="store_true", help="also time mean with agent.compile (torch.compile)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--hidden", type=int, default=400, help=argparse.SUPPRESS)  # tiny sizes for the tests
@@ -273,7 +291,8 @@ def cli(argv: list[str]) -> int:
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
     names = ["mean"] + [c for c in args.combiners if c != "mean"]
-    total = (args.rounds + args.warmup) * (len(names) * len(args.sizes) + 2 * len(args.sb3_batch))
+    rows = len(names) + args.compile
+    total = (args.rounds + args.warmup) * (rows * len(args.sizes) + 2 * len(args.sb3_batch))
     result: dict[str, Any] = {
         "device": str(device),
         "device_name": _device_name(device),
@@ -283,7 +302,9 @@ def cli(argv: list[str]) -> int:
         "command": "mtrl bench " + " ".join(argv),
     }
     with tqdm(total=total, desc="bench", unit="update", dynamic_ncols=True, file=sys.stderr) as bar:
-        result["update"] = update_only(args.sizes, names, args.rounds, args.warmup, device, args.hidden, bar)
+        result["update"] = update_only(
+            args.sizes, names, args.rounds, args.warmup, device, args.hidden, bar, args.compile
+        )
         result["sb3"] = [
             versus_sb3(b, args.rounds, args.warmup, device, args.hidden, bar) for b in args.sb3_batch
         ]  # fmt: skip

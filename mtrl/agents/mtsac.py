@@ -129,11 +129,23 @@ class MTSAC:
             self.alpha, alpha_specific, None, a.alpha_lr, combiner(cfg.combine_alpha, 3), n_groups
         )
         self.parts = {"critic": self.critic_part, "actor": self.actor_part, "alpha": self.alpha_part}
+        if a.compile:
+            self._compile()
         for part in self.parts.values():  # no host sync per update on a GPU: see check_finite()
             part.combiner.defer_finite_checks = device.type == "cuda"
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.groups: list[Tensor] = self._draw_groups() if alternating else []
         self._task_ids = torch.arange(num_tasks, device=device)
+
+    def _compile(self) -> None:
+        vmapped = [str(p.combiner) for p in self.parts.values() if p.combiner.requires_grads]
+        if vmapped:
+            raise ConfigError(
+                f"agent.compile: only with loss-space combiners (gradient-space ones take per-task gradients under "
+                f"torch.func.vmap, which torch.compile does not trace); got {vmapped[0]}"
+            )
+        for module in (self.actor.net, self.critic.q1, self.critic.q2, self.critic_target.q1, self.critic_target.q2):
+            module.compile()
 
     # ------------------------------------------------------------------------------------------------ acting
     @torch.no_grad()
