@@ -203,7 +203,7 @@ def training(benchmarks: list[str], names: list[str], steps: int, device: str, t
                     "log_interval": 50, "checkpoint_interval": warmup + steps, "run_dir": tmp,
                     "run_name": f"{bench}_{name}", "device": device, "threads": threads,
                 }  # fmt: skip
-                run = train(from_flat(items), progress=False)
+                run = train(from_flat(items), progress=True)
                 df = read_scalars(run)
                 sps = df[(df.tag == "charts/sps") & (df.step > warmup + 50)].value
                 out.setdefault(bench, {})[name] = float(np.median(sps))

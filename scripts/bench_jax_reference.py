@@ -21,9 +21,12 @@ import subprocess
 import sys
 import time
 
+# isort: off
+import mtrl  # noqa: F401  (first: sets OMP_WAIT_POLICY as in every mtrl process, before torch loads)
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+# isort: on
 
 from mtrl.bench import make_agent, make_batch
 

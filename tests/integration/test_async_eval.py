@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from toyruns import TINY
 
 from mtrl.compare import read_scalars
 from mtrl.config import AgentConfig, EnvConfig, NetConfig, from_flat
@@ -18,19 +19,6 @@ from mtrl.evaluate import AsyncEvaluator, EvalWorkerError, evaluate
 from mtrl.nets import Actor
 from mtrl.train import eval_mode, train
 
-TINY = {
-    "total_steps": 300,
-    "warmup_steps": 100,
-    "eval_interval": 150,
-    "eval_episodes": 2,
-    "log_interval": 50,
-    "checkpoint_interval": 100,
-    "agent.actor.hidden_dim": 32,
-    "agent.critic.hidden_dim": 32,
-    "buffer.batch_size": 32,
-    "env.max_episode_steps": 20,
-    "device": "cpu",
-}
 ENV = EnvConfig(max_episode_steps=20)
 AGENT = AgentConfig(actor=NetConfig(hidden_dim=32))
 

@@ -9,24 +9,11 @@ import pytest
 import torch
 import yaml
 from tbparse import SummaryReader
+from toyruns import TINY
 
 from mtrl.cli import main
 from mtrl.config import from_flat
 from mtrl.train import restore, train
-
-TINY = {
-    "total_steps": 300,
-    "warmup_steps": 100,
-    "eval_interval": 150,
-    "eval_episodes": 2,
-    "log_interval": 50,
-    "checkpoint_interval": 100,
-    "agent.actor.hidden_dim": 32,
-    "agent.critic.hidden_dim": 32,
-    "buffer.batch_size": 32,
-    "env.max_episode_steps": 20,
-    "device": "cpu",
-}
 
 
 def tiny(tmp_path: Path, **extra) -> object:
