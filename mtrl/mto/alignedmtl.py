@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import GramianCombiner
+from mtrl.mto.base import GramianCombiner, Jacobian, as_blocks
 
 
 def aligned_weights(gram: Tensor, scale_mode: str, eps: float) -> Tensor:
@@ -58,9 +58,9 @@ class AlignedMTL(GramianCombiner):
         self.scale_mode = scale_mode
         self._eps = torch.finfo(torch.float64).eps
 
-    def forward(self, grads: Tensor | None, losses: Tensor) -> Tensor:
+    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:  # type: ignore[override]
         if grads is not None:
-            self._eps = torch.finfo(grads.dtype).eps
+            self._eps = torch.finfo(as_blocks(grads)[0].dtype).eps
         return super().forward(grads, losses)
 
     def weights(self, gram: Tensor) -> Tensor:

@@ -43,6 +43,11 @@ class Weighting(NamedTuple):
     weights: Tensor  # [K]
 
 
+#: per-task gradients: one ``[K, P]`` matrix, or (for combiners with :attr:`Combiner.accepts_blocks`) a list of
+#: ``[K, P_i]`` column blocks, one per parameter, that together form it (saves copying them into one matrix).
+Jacobian = Tensor | list[Tensor]
+
+
 class NonFiniteError(RuntimeError):
     """A combiner was handed a non-finite loss or gradient."""
 
@@ -63,6 +68,10 @@ class Combiner(nn.Module):
     #: loss-space methods that learn from the losses after the optimizer step (FAMO) set this and get
     #: :meth:`after_step` called with the per-task losses recomputed on the same batch.
     needs_losses_after_step: ClassVar[bool] = False
+    #: methods that only use the Gramian, row sums and weighted sums of ``G`` (through :func:`gramian`,
+    #: :meth:`check_finite`, :func:`weighted_sum`) set this: they accept ``G`` as a list of column blocks and then
+    #: return the direction as the matching list of blocks.
+    accepts_blocks: ClassVar[bool] = False
 
     def __init__(self, num_tasks: int, seed: int = 0) -> None:
         super().__init__()
@@ -86,7 +95,7 @@ class Combiner(nn.Module):
     def after_step(self, losses_after: Tensor) -> None:
         """Hook for methods with :attr:`needs_losses_after_step`; a no-op otherwise."""
 
-    def check_finite(self, grads: Tensor | None, losses: Tensor) -> None:
+    def check_finite(self, grads: Jacobian | None, losses: Tensor) -> None:
         """Raise :class:`NonFiniteError` naming this combiner and the first offending task.
 
         One host sync. The gradients are screened through their row sums (any NaN/inf makes the sum non-finite);
@@ -97,11 +106,14 @@ class Combiner(nn.Module):
         if grads is None and self.defer_finite_checks:
             self._deferred_bad = bad if self._deferred_bad is None else self._deferred_bad | bad
             return
-        if grads is not None:
-            bad = bad | ~torch.isfinite(grads.sum(dim=1))
+        blocks = as_blocks(grads)
+        for block in blocks:
+            bad = bad | ~torch.isfinite(block.sum(dim=1))
         if bool(bad.any()):
-            if grads is not None:  # exact check (a finite row can overflow its float sum)
-                bad = ~torch.isfinite(losses) | ~torch.isfinite(grads).all(dim=1)
+            if blocks:  # exact check (a finite row can overflow its float sum)
+                bad = ~torch.isfinite(losses)
+                for block in blocks:
+                    bad = bad | ~torch.isfinite(block).all(dim=1)
                 if not bool(bad.any()):
                     return
             task = int(bad.nonzero()[0, 0])
@@ -114,7 +126,7 @@ class Combiner(nn.Module):
         if bad is not None and bool(bad.any()):
             raise NonFiniteError(f"combiner '{self}' got a non-finite loss for task {int(bad.nonzero()[0, 0])}")
 
-    def checked_gramian(self, grads: Tensor, losses: Tensor) -> Tensor:
+    def checked_gramian(self, grads: Jacobian, losses: Tensor) -> Tensor:
         """:meth:`check_finite` for the losses, then the Gramian ``[K, K]`` (float64 CPU, :func:`gramian`), whose
         diagonal screens the gradients for NaN/inf without a separate pass over ``G``; when it is non-finite,
         :meth:`check_finite` on the gradients names the task (same errors as calling it first)."""
@@ -122,7 +134,9 @@ class Combiner(nn.Module):
         gram = gramian(grads)
         if not bool(torch.isfinite(gram).all()):
             self.check_finite(grads, losses)
-            raise NonFiniteError(f"combiner '{self}': the Gramian of the (finite) gradients overflows {grads.dtype}")
+            raise NonFiniteError(
+                f"combiner '{self}': the Gramian of the (finite) gradients overflows {as_blocks(grads)[0].dtype}"
+            )
         return gram
 
     # ------------------------------------------------------------------------------------------------ stats
@@ -182,15 +196,19 @@ class Combiner(nn.Module):
                 self.to(ref.device)
             return
 
-    def check_num_tasks(self, grads: Tensor | None, losses: Tensor) -> None:
+    def check_num_tasks(self, grads: Jacobian | None, losses: Tensor) -> None:
         """Raise ``ValueError`` when the inputs do not have :attr:`num_tasks` rows."""
         if losses.shape != (self.num_tasks,):
             raise ValueError(f"combiner '{self}' expects losses of shape [{self.num_tasks}], got {tuple(losses.shape)}")
         if self.requires_grads:
             if grads is None:
                 raise ValueError(f"combiner '{self}' needs the per-task gradients [K, P], got None")
-            if grads.dim() != 2 or grads.shape[0] != self.num_tasks:
-                raise ValueError(f"combiner '{self}' expects grads of shape [{self.num_tasks}, P], got {grads.shape}")
+            if isinstance(grads, list) and not self.accepts_blocks:
+                raise ValueError(f"combiner '{self}' needs grads as one [{self.num_tasks}, P] matrix, not blocks")
+            for block in as_blocks(grads):
+                if block.dim() != 2 or block.shape[0] != self.num_tasks:
+                    shape = tuple(block.shape)
+                    raise ValueError(f"combiner '{self}' expects grads of shape [{self.num_tasks}, P], got {shape}")
 
     def get_extra_state(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -212,13 +230,14 @@ class GramianCombiner(Combiner):
     """
 
     requires_grads = True
+    accepts_blocks = True
 
     def weights(self, gram: Tensor) -> Tensor:  # pragma: no cover - abstract
         """:param gram: ``[K, K]`` float64 CPU Gramian. :returns: ``[K]`` float64 coefficients of the gradients."""
         raise NotImplementedError
 
     @torch.no_grad()
-    def forward(self, grads: Tensor | None, losses: Tensor) -> Tensor:
+    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:  # type: ignore[override]
         self.check_num_tasks(grads, losses)
         assert grads is not None
         gram = self.checked_gramian(grads, losses)
@@ -275,15 +294,22 @@ def stats_to_floats(tensors: dict[str, Tensor]) -> dict[str, float]:
 GRAM_BLOCK = 32768
 
 
-def gramian(grads: Tensor) -> Tensor:
-    """``G G^T`` of ``grads [K, P]``, computed on the gradients' device (on CPU in column blocks of
-    :data:`GRAM_BLOCK`), returned on the CPU in float64 ``[K, K]``, symmetrised."""
-    if grads.device.type == "cpu" and grads.shape[1] > GRAM_BLOCK:
-        gram = grads.new_zeros(grads.shape[0], grads.shape[0])
-        for block in grads.split(GRAM_BLOCK, dim=1):
-            gram.addmm_(block, block.T)
-    else:
-        gram = grads @ grads.T
+def as_blocks(grads: Jacobian | None) -> list[Tensor]:
+    """The column blocks of a :data:`Jacobian` (``[]`` for None)."""
+    if grads is None:
+        return []
+    return grads if isinstance(grads, list) else [grads]
+
+
+def gramian(grads: Jacobian) -> Tensor:
+    """``G G^T`` of ``grads [K, P]`` (or the sum over its column blocks), computed on the gradients' device (on CPU
+    in column blocks of at most :data:`GRAM_BLOCK`), returned on the CPU in float64 ``[K, K]``, symmetrised."""
+    blocks = as_blocks(grads)
+    gram = blocks[0].new_zeros(blocks[0].shape[0], blocks[0].shape[0])
+    for block in blocks:
+        cpu_split = block.device.type == "cpu" and block.shape[1] > GRAM_BLOCK
+        for part in block.split(GRAM_BLOCK, dim=1) if cpu_split else [block]:
+            gram.addmm_(part, part.T)
     gram = gram.to("cpu", torch.float64)
     return 0.5 * (gram + gram.T)
 
@@ -304,8 +330,12 @@ def gramian_stats(gram: Tensor) -> dict[str, Tensor]:
     }
 
 
-def weighted_sum(weights: Tensor, grads: Tensor) -> Tensor:
-    """``sum_k weights[k] grads[k]``: the direction ``[P]`` on the gradients' device and dtype."""
+def weighted_sum(weights: Tensor, grads: Jacobian) -> Jacobian:
+    """``sum_k weights[k] grads[k]``: the direction ``[P]`` on the gradients' device and dtype (a list of its
+    blocks when ``grads`` is a list of blocks)."""
+    if isinstance(grads, list):
+        w = weights.to(device=grads[0].device, dtype=grads[0].dtype)
+        return [w @ block for block in grads]
     return weights.to(device=grads.device, dtype=grads.dtype) @ grads
 
 

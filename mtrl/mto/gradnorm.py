@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import Combiner, VectorAdam, single_thread, weighted_sum
+from mtrl.mto.base import Combiner, Jacobian, VectorAdam, single_thread, weighted_sum
 
 _EPS = 1e-12
 
@@ -38,6 +38,7 @@ class GradNorm(Combiner):
     initial_losses: Tensor
 
     requires_grads = True
+    accepts_blocks = True
 
     def __init__(self, num_tasks: int, seed: int = 0, alpha: float = 1.5, lr: float = 1e-3) -> None:
         super().__init__(num_tasks, seed)
@@ -48,7 +49,7 @@ class GradNorm(Combiner):
         self.adam = VectorAdam(num_tasks, lr)
 
     @torch.no_grad()
-    def forward(self, grads: Tensor | None, losses: Tensor) -> Tensor:
+    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:  # type: ignore[override]
         self.check_num_tasks(grads, losses)
         assert grads is not None
         gram = self.checked_gramian(grads, losses)

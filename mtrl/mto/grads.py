@@ -96,14 +96,17 @@ def combine_backward(
 
     grads, losses = per_task_grads(loss_rows, params, inputs, task, k, stratified)
     shared = [n for n in params if n not in task_specific]
-    jac = torch.cat([grads[n].reshape(k, -1) for n in shared], dim=1)  # [K, P]
-    direction = combiner(jac, losses)
-    assert isinstance(direction, Tensor)
-    offset = 0
-    for n in shared:
-        p = params[n]
-        p.grad = direction[offset : offset + p.numel()].view_as(p).clone()
-        offset += p.numel()
+    blocks = [grads[n].reshape(k, -1) for n in shared]  # [K, P_n] views
+    if combiner.accepts_blocks:  # no copy of G into one [K, P] matrix
+        parts = combiner(blocks, losses)
+        assert isinstance(parts, list)
+        for n, part in zip(shared, parts):
+            params[n].grad = part.view_as(params[n])
+    else:
+        direction = combiner(torch.cat(blocks, dim=1), losses)  # [K, P] in, [P] out
+        assert isinstance(direction, Tensor)
+        for n, part in zip(shared, direction.split([params[n].numel() for n in shared])):
+            params[n].grad = part.view_as(params[n]).clone()
     for n in task_specific:
         params[n].grad = grads[n].mean(0)
     return losses

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import GramianCombiner
+from mtrl.mto.base import GramianCombiner, Jacobian, as_blocks
 
 
 def imtlg_weights(gram: Tensor, rtol: float) -> Tensor:
@@ -46,9 +46,9 @@ class IMTLG(GramianCombiner):
         super().__init__(num_tasks, seed)
         self._rtol = num_tasks * torch.finfo(torch.float64).eps
 
-    def forward(self, grads: Tensor | None, losses: Tensor) -> Tensor:
+    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:  # type: ignore[override]
         if grads is not None:
-            self._rtol = self.num_tasks * torch.finfo(grads.dtype).eps
+            self._rtol = self.num_tasks * torch.finfo(as_blocks(grads)[0].dtype).eps
         return super().forward(grads, losses)
 
     def weights(self, gram: Tensor) -> Tensor:

@@ -1036,3 +1036,43 @@ def test_pinned_values(name: str) -> None:
     expected_a, expected_b = PINNED[name]
     np.testing.assert_allclose(pinned_outputs(name, J_A, L_A), expected_a, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(pinned_outputs(name, J_B, L_B), expected_b, rtol=1e-9, atol=1e-12)
+
+
+BLOCK_NAMES = [n for n in GRAD_NAMES if build(n, 2).accepts_blocks]
+
+
+def test_every_gradient_combiner_but_graddrop_accepts_blocks() -> None:
+    assert set(GRAD_NAMES) - set(BLOCK_NAMES) == {"graddrop"}  # per-coordinate signs need the whole matrix
+
+
+@pytest.mark.parametrize("name", BLOCK_NAMES)
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_blocks_give_the_matrix_result_split(name: str, k: int) -> None:
+    """``G`` as column blocks (what the agent passes, no copy) gives the direction of ``G`` whole, split alike."""
+    whole, split = build(name, k, seed=4), build(name, k, seed=4)
+    sizes = [7, 1, 40000, 12]  # one block over GRAM_BLOCK columns
+    for call in range(2):  # twice: stateful methods (GradNorm, Nash-MTL warm start) use their state the second time
+        jac = normal(k, sum(sizes), seed=call).float()
+        losses = torch.linspace(1.0, 2.0, k) + call
+        expected = whole(jac, losses)
+        parts = split(list(jac.split(sizes, dim=1)), losses)
+        assert isinstance(parts, list) and [p.shape[0] for p in parts] == sizes
+        # float32 Gramians summed in another order: equal up to rounding, relative to the direction's size
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(torch.cat(parts), expected, rtol=1e-4, atol=1e-4 * scale)
+        for key, value in whole.stats_tensors.items():
+            torch.testing.assert_close(split.stats_tensors[key], value, rtol=1e-4, atol=1e-6)
+
+
+def test_blocks_refused_by_a_combiner_that_needs_the_matrix() -> None:
+    with pytest.raises(ValueError, match="needs grads as one"):
+        build("graddrop", 2)([torch.ones(2, 3), torch.ones(2, 4)], torch.ones(2))
+
+
+@pytest.mark.parametrize("name", BLOCK_NAMES)
+def test_non_finite_in_a_block_names_the_task(name: str) -> None:
+    comb = build(name, 3)
+    blocks = [torch.randn(3, 5, dtype=F64), torch.randn(3, 4, dtype=F64)]
+    blocks[1][1, 2] = float("nan")
+    with pytest.raises(NonFiniteError, match=rf"combiner '{comb}'.*task 1"):
+        comb(blocks, torch.ones(3, dtype=F64))
