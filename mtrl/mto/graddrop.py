@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import GRAM_BLOCK, Combiner, fmt
+from mtrl.mto.base import GRAM_BLOCK, Combiner, Jacobian, as_blocks, fmt
 
 
 def column_sums(grads: Tensor) -> tuple[Tensor, Tensor]:
@@ -42,19 +42,22 @@ class GradDrop(Combiner):
     """
 
     requires_grads = True
+    accepts_blocks = True  # column-wise: each block's column sums, one threshold draw over all P columns
 
     def __init__(self, num_tasks: int, seed: int = 0, leak: float = 0.0) -> None:
         super().__init__(num_tasks, seed)
         self.leak = leak
 
     @torch.no_grad()
-    def forward(self, grads: Tensor | None, losses: Tensor) -> Tensor:
+    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:  # type: ignore[override]
         self.check_num_tasks(grads, losses)
         assert grads is not None
         gram = self.checked_gramian(grads, losses)  # for the stats; also the finiteness check
-        total, absolute = column_sums(grads)  # [P] each
-        generator = self.device_generator(grads.device)
-        threshold = torch.rand(total.shape, generator=generator, dtype=grads.dtype, device=grads.device)
+        blocks = as_blocks(grads)
+        sums = [column_sums(block) for block in blocks]
+        total, absolute = torch.cat([t for t, _ in sums]), torch.cat([a for _, a in sums])  # [P] each
+        generator = self.device_generator(total.device)
+        threshold = torch.rand(total.shape, generator=generator, dtype=total.dtype, device=total.device)
         # P > U  <=>  S/A > 2U - 1 (a zero column gives NaN: neither sign kept, and its entries are 0 anyway)
         threshold.mul_(2.0).sub_(1.0)
         ratio = total / absolute
@@ -67,7 +70,7 @@ class GradDrop(Combiner):
         if leaked is not None:
             direction.add_(leaked)
         self.record_stats(gram, direction=direction)
-        return direction
+        return list(direction.split([b.shape[1] for b in blocks])) if isinstance(grads, list) else direction
 
     def __str__(self) -> str:
         return "graddrop" if self.leak == 0 else f"graddrop-leak{fmt(self.leak)}"

@@ -1041,8 +1041,8 @@ def test_pinned_values(name: str) -> None:
 BLOCK_NAMES = [n for n in GRAD_NAMES if build(n, 2).accepts_blocks]
 
 
-def test_every_gradient_combiner_but_graddrop_accepts_blocks() -> None:
-    assert set(GRAD_NAMES) - set(BLOCK_NAMES) == {"graddrop"}  # per-coordinate signs need the whole matrix
+def test_every_gradient_combiner_accepts_blocks() -> None:
+    assert BLOCK_NAMES == GRAD_NAMES
 
 
 @pytest.mark.parametrize("name", BLOCK_NAMES)
@@ -1065,8 +1065,15 @@ def test_blocks_give_the_matrix_result_split(name: str, k: int) -> None:
 
 
 def test_blocks_refused_by_a_combiner_that_needs_the_matrix() -> None:
+    class WholeMatrix(Combiner):
+        requires_grads = True
+
+        def forward(self, grads, losses):
+            self.check_num_tasks(grads, losses)
+            return grads.mean(0)
+
     with pytest.raises(ValueError, match="needs grads as one"):
-        build("graddrop", 2)([torch.ones(2, 3), torch.ones(2, 4)], torch.ones(2))
+        WholeMatrix(2)([torch.ones(2, 3), torch.ones(2, 4)], torch.ones(2))
 
 
 @pytest.mark.parametrize("name", BLOCK_NAMES)
