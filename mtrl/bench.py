@@ -38,6 +38,21 @@ from mtrl.config import ConfigError, from_flat, load_yaml
 from mtrl.mto import COMBINERS
 from mtrl.utils import keep_freed_memory
 
+DESCRIPTION = """Throughput of MT-SAC, measured side by side in one process; tables on stdout, all of it as JSON.
+
+update  one MT-SAC update on a fixed batch per combiner, at MT10 size (K=10, batch 1280) and MT50 size (K=50,
+        batch 1250), 3x400 networks, one-hot task id; combiners interleaved round by round, median over rounds,
+        ratio to mean (unitary scalarization) and the targets (<= 1.5x at K=10, <= 3x at K=50).
+sb3     K=1: our replay sample + update against stable-baselines3's SAC.train(gradient_steps=1), same networks,
+        batch and device (target >= 1.5x).
+train   (--train) the real training loop on Meta-World with the configs/<benchmark>_unitary.yaml preset (MT50: batch
+        6400) for --train-steps steps after 200 warm-up steps: median vector steps/s.
+
+examples:
+  mtrl bench                                        # every gradient-space combiner, both sizes, SB3 at 256 and 1280
+  mtrl bench --sizes MT10 --combiners pcgrad cagrad --rounds 5
+  mtrl bench --train --train-combiners mean pcgrad  # also real training steps/s on MT10"""
+
 SIZES = {"MT10": (10, 1280), "MT50": (50, 1250)}  # K, batch
 OBS, ACT = 39, 4
 TARGETS = {"MT10": 1.5, "MT50": 3.0}  # max update cost of a gradient-space combiner relative to mean
@@ -251,10 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     grad = [n for n in COMBINERS if kind_of(n, 10) == "gradient"]
     parser = argparse.ArgumentParser(
         prog="mtrl bench",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES), help="update-only sizes")
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES), help="update sizes (both)")
     parser.add_argument(
         "--combiners", nargs="+", default=grad, metavar="NAME",
         help=f"combiners besides mean (default: every gradient-space one); any of {', '.join(COMBINERS)}",
@@ -263,8 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (2)")
     parser.add_argument("--sb3-batch", type=int, nargs="*", default=[256, 1280], help="K=1 batches; none: skip")
     parser.add_argument("--train", action="store_true", help="also time the real training loop (builds Meta-World)")
-    parser.add_argument("--train-benchmarks", nargs="+", default=["MT10"], choices=list(SIZES))
-    parser.add_argument("--train-combiners", nargs="+", default=["mean"], metavar="NAME", help="(mean)")
+    parser.add_argument("--train-benchmarks", nargs="+", default=["MT10"], choices=list(SIZES), help="(MT10)")
+    parser.add_argument(
+        "--train-combiners", nargs="+", default=["mean"], metavar="NAME", help="combiners to train with (mean)"
+    )
     parser.add_argument("--train-steps", type=int, default=300, help="timed steps after 200 warm-up steps (300)")
     parser.add_argument("--compile", action="store_true", help="also time mean with agent.compile (torch.compile)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
@@ -285,6 +302,8 @@ def cli(argv: list[str]) -> int:
         raise ConfigError("--device cuda: no CUDA device is available; use --device cpu or auto")
     if min(args.rounds, args.train_steps) < 1 or args.warmup < 0:
         raise ConfigError("--rounds and --train-steps must be >= 1, --warmup >= 0")
+    if any(b < 2 for b in args.sb3_batch) or args.threads < 0 or args.hidden < 1:
+        raise ConfigError("--sb3-batch values must be >= 2 and --threads >= 0")
     keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -29,6 +29,7 @@ def test_bench_writes_every_measurement(tmp_path, capsys):
         (["--combiners", "pcgard"], "unknown combiner 'pcgard'"),
         (["--device", "tpu"], "--device: got 'tpu'"),
         (["--rounds", "0"], "--rounds and --train-steps must be >= 1"),
+        (["--sb3-batch", "1"], "--sb3-batch values must be >= 2"),
     ],
 )
 def test_bench_bad_input_is_one_line(tmp_path, capsys, args, message):
