@@ -8,24 +8,18 @@ import torch
 import yaml
 from stable_baselines3 import SAC
 from tbparse import SummaryReader
+from toyruns import TINY as TOY_RUN
 
 from mtrl.config import ConfigError, from_flat
 from mtrl.single_task import add_transition, check_resumable, make_model, train_single_task
 from mtrl.train import train
 
 TINY = {
+    **TOY_RUN,
     "total_steps": 200,
     "warmup_steps": 50,
     "eval_interval": 100,
-    "eval_episodes": 2,
-    "log_interval": 50,
-    "checkpoint_interval": 100,
-    "agent.actor.hidden_dim": 32,
-    "agent.critic.hidden_dim": 32,
-    "buffer.batch_size": 32,
-    "env.max_episode_steps": 20,
     "env.toy_tasks": 2,
-    "device": "cpu",
     "threads": 1,
 }
 MTSAC_ONLY = {"losses/target_q", "losses/logp"}  # besides mto/*: MT-SAC diagnostics SB3 does not log
