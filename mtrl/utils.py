@@ -18,9 +18,10 @@ def keep_freed_memory() -> bool:
 
     A CPU update allocates and frees a few hundred activation and gradient tensors of about 2 MiB (batch x 400
     floats). glibc serves blocks that large with fresh ``mmap`` calls and unmaps them on free, so every
-    allocation page-faults its memory in again: about 2,600 page faults per MT10 update, 10-15% of its time on a
-    2-core machine (``scripts/bench_throughput.py``). Raising the mmap and trim thresholds lets those blocks be reused
-    from the heap. Numerics are unchanged; the process keeps up to the thresholds' worth of freed memory.
+    allocation page-faults its memory in again: about 2,750 page faults per MT10 update on a 2-core machine, 234 with
+    this setting, and 158 against 143 ms per update (``scripts/bench_process_settings.py``). Raising the mmap and
+    trim thresholds lets those blocks be reused from the heap. Numerics are unchanged; the process keeps up to the
+    thresholds' worth of freed memory.
 
     :return: whether the setting was applied (False off glibc Linux, where nothing is done).
     """
