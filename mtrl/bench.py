@@ -293,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_mean(names: list[str]) -> list[str]:
+    """``mean`` (the baseline every ratio refers to) first, then the other names."""
+    return ["mean"] + [n for n in names if n != "mean"]
+
+
 def cli(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     for name in [*args.combiners, *args.train_combiners]:
@@ -311,7 +316,7 @@ def cli(argv: list[str]) -> int:
         torch.set_num_threads(args.threads)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
-    names = ["mean"] + [c for c in args.combiners if c != "mean"]
+    names = _with_mean(args.combiners)
     rows = len(names) + args.compile
     total = (args.rounds + args.warmup) * (rows * len(args.sizes) + 2 * len(args.sb3_batch))
     result: dict[str, Any] = {
@@ -330,7 +335,7 @@ def cli(argv: list[str]) -> int:
             versus_sb3(b, args.rounds, args.warmup, device, args.hidden, bar) for b in args.sb3_batch
         ]  # fmt: skip
     if args.train:
-        train_names = ["mean"] + [c for c in args.train_combiners if c != "mean"]
+        train_names = _with_mean(args.train_combiners)
         result["training"] = training(args.train_benchmarks, train_names, args.train_steps, str(device), args.threads)
     print_tables(result)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from mtrl.buffers import MultiTaskReplay
 from mtrl.config import ConfigError, TrainConfig, dump_yaml, from_flat, to_flat
 from mtrl.envs import StepResult, make_env
 from mtrl.envs.gl import ensure_gl_backend
-from mtrl.evaluate import AsyncEvaluator, EvalResult, EvalWorkerError, evaluate
+from mtrl.evaluate import AsyncEvaluator, EvalResult, evaluate
 from mtrl.logger import add_gif, write_hparams
 from mtrl.utils import keep_freed_memory
 from mtrl.video import frames_for_tensorboard
@@ -227,10 +227,11 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
             bar.update(1)
 
             done = step + 1
+            log_due = done % cfg.log_interval == 0 and bool(logs)
             checkpoint_due = done % cfg.checkpoint_interval == 0 or done == cfg.total_steps
-            if (done % cfg.log_interval == 0 and logs) or checkpoint_due:
+            if log_due or checkpoint_due:
                 agent.check_finite()  # deferred on a GPU: the one host sync of these steps
-            if done % cfg.log_interval == 0 and logs:
+            if log_due:
                 now = time.perf_counter()
                 sps = (done - step_log) / (now - t_log)
                 t_log, step_log = now, done
@@ -293,7 +294,6 @@ def main_message(run: Path) -> str:
 
 
 __all__ = [
-    "EvalWorkerError",
     "RunDirError",
     "eval_mode",
     "main_message",
