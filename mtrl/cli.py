@@ -118,20 +118,35 @@ def cmd_evaluate(argv: list[str]) -> int:
     )
     parser.add_argument("checkpoint", help="a run directory or its checkpoint.pt")
     parser.add_argument("--episodes", type=int, default=None, help="episodes per task (default: the run's)")
-    parser.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the run's seed)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="simulator seed of the evaluation episodes (default: the run's evaluation seed); the goals are always "
+        "the run's own (see --eval-goals)",
+    )
+    parser.add_argument(
+        "--eval-goals",
+        choices=("train", "fresh"),
+        default=None,
+        help="train: the goals the run trained on; fresh: goals it never saw (default: the run's env.eval_goals)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     args = parser.parse_args(argv)
     if args.episodes is not None and args.episodes <= 0:
         raise UsageError(f"--episodes: got {args.episodes}, expected a positive integer")
-    from mtrl.envs import make_env
+    from dataclasses import replace
+
+    from mtrl.envs import eval_seed, make_env
     from mtrl.evaluate import evaluate
-    from mtrl.train import EVAL_SEED_OFFSET, restore
+    from mtrl.train import restore
 
     cfg, agent, state = restore(args.checkpoint, args.device)
-    seed = cfg.seed if args.seed is None else args.seed
-    env = make_env(cfg.env, seed + EVAL_SEED_OFFSET, evaluation=True)
+    env_cfg = cfg.env if args.eval_goals is None else replace(cfg.env, eval_goals=args.eval_goals)
+    sim_seed = eval_seed(cfg.seed) if args.seed is None else args.seed
+    env = make_env(env_cfg, cfg.seed, evaluation=True, sim_seed=sim_seed)
     episodes = args.episodes or cfg.eval_episodes
-    result = evaluate(lambda o: agent.act(o, deterministic=True), env, episodes, seed=seed)
+    result = evaluate(lambda o: agent.act(o, deterministic=True), env, episodes, seed=sim_seed)
     env.close()
     width = max(len(n) for n in state["task_names"])
     print(f"{'task':<{width}}  success  return   ({episodes} episodes per task, step {state['step']})")
@@ -152,15 +167,20 @@ def cmd_record(argv: list[str]) -> int:
     parser.add_argument("--episodes", type=int, default=1, help="episodes per task (default: 1)")
     parser.add_argument("--out", default="videos", help="parent folder of the videos (default: videos)")
     parser.add_argument("--fps", type=int, default=30, help="frames per second (default: 30)")
-    parser.add_argument("--seed", type=int, default=None, help="rollout seed (default: the run's seed)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="simulator seed of the rollouts (default: the run's evaluation seed); the goals are the run's own",
+    )
     args = parser.parse_args(argv)
     if args.episodes <= 0:
         raise UsageError(f"--episodes: got {args.episodes}, expected a positive integer")
     from mtrl.envs.gl import ensure_gl_backend
 
     ensure_gl_backend()
-    from mtrl.envs import make_env
-    from mtrl.train import EVAL_SEED_OFFSET, restore
+    from mtrl.envs import eval_seed, make_env
+    from mtrl.train import restore
     from mtrl.video import record
 
     cfg, agent, state = restore(args.checkpoint, "cpu")
@@ -168,8 +188,8 @@ def cmd_record(argv: list[str]) -> int:
         unknown = [t for t in args.tasks if t not in state["task_names"]]
         if unknown:
             raise UsageError(f"--tasks: unknown task {unknown[0]!r}; this run has: {', '.join(state['task_names'])}")
-    seed = cfg.seed if args.seed is None else args.seed
-    env = make_env(cfg.env, seed + EVAL_SEED_OFFSET, evaluation=True, render=True)
+    sim_seed = eval_seed(cfg.seed) if args.seed is None else args.seed
+    env = make_env(cfg.env, cfg.seed, evaluation=True, render=True, sim_seed=sim_seed)
     out = Path(args.out) / cfg.run_name
     paths = record(lambda o: agent.act(o, deterministic=True), env, out, args.episodes, args.fps, tasks=args.tasks)
     env.close()

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from mtrl.envs.base import benchmark_kind, benchmark_num_tasks
 from mtrl.mto import COMBINERS
 from mtrl.mto.mean import MeanConfig
 
@@ -29,7 +30,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class EnvConfig:
     benchmark: str = "toy"
-    """toy (K-task point reaching, for tests and the CPU demo), MT10, MT50, or MT1-<task> (e.g. MT1-reach-v3)."""
+    """toy (K-task point reaching, for tests and the CPU demo), MT10, MT50, MT1-<task> (e.g. MT1-reach-v3), or a
+    comma-separated list of Meta-World v3 tasks (an MT-K of your choice, e.g. reach-v3,push-v3,window-open-v3)."""
     protocol: Literal["official", "legacy"] = "official"
     """Meta-World protocol. official: v3 defaults, 50 goals per task resampled each episode, 500-step episodes,
     evaluation cycles through the goals. legacy: the mtrl/CARE setting, one fixed goal per task chosen from the
@@ -41,15 +43,18 @@ class EnvConfig:
     vector_strategy: Literal["auto", "sync", "async"] = "auto"
     """Meta-World vector env: sync (one process) or async (one worker process per task); auto takes async when
     the machine has at least K + 2 CPU cores (and the env is not rendered), else sync. The toy env ignores it."""
+    eval_goals: Literal["train", "fresh"] = "train"
+    """Goals of evaluation, recording and `mtrl evaluate`. train: the run's training goals (its seed's 50 variations
+    per task, or the legacy fixed goal), as Meta-World's official evaluation; fresh: goals of another seed, never
+    trained on (a generalization check; toy env: goals rotated between the training ones)."""
     toy_tasks: int = 4
     """Number of tasks of the toy env."""
 
     @property
     def num_tasks(self) -> int:
-        """K without building the env: toy -> toy_tasks, MT10 -> 10, MT50 -> 50, MT1-<task> -> 1."""
-        if self.benchmark == "toy":
-            return self.toy_tasks
-        return {"MT10": 10, "MT50": 50}.get(self.benchmark, 1)
+        """K without building the env: toy -> toy_tasks, MT10 -> 10, MT50 -> 50, MT1-<task> -> 1, a task list -> its
+        length."""
+        return benchmark_num_tasks(self.benchmark, self.toy_tasks)
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,10 @@ class NetConfig:
     """Decoupled weight decay (AdamW); 0 = plain Adam."""
     max_grad_norm: float = 0.0
     """Clip the global gradient norm to this value before the step (0 = off)."""
+    init: Literal["torch", "he_uniform", "xavier"] = "torch"
+    """Weight initialisation. torch: PyTorch's nn.Linear default. he_uniform: metaworld-algorithms (He-uniform hidden
+    weights, zero biases, output layer U(-1e-3, 1e-3) for the actor and U(-3e-3, 3e-3) for the critic, weights and
+    bias). xavier: facebookresearch/mtrl (Xavier-uniform weights, zero biases, every layer)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,17 @@ class AgentConfig:
     """Initial alpha."""
     alpha_lr: float = 3e-4
     """Adam learning rate of log(alpha)."""
+    adam_eps: float = 1e-8
+    """Adam epsilon of the actor, critic and temperature optimizers (PyTorch default 1e-8; metaworld-algorithms
+    1e-5)."""
+    log_std: Literal["clamp", "tanh"] = "clamp"
+    """How the actor's log-std is bounded to [-20, 2]. clamp: clipped (SB3, metaworld-algorithms); tanh: squashed,
+    -20 + 11 (tanh(x) + 1) (facebookresearch/mtrl, CleanRL)."""
+    alpha_loss: Literal["log_alpha", "alpha"] = "log_alpha"
+    """Temperature loss: -log(alpha) (log pi + target) (SB3, metaworld-algorithms) or -alpha (log pi + target)
+    (facebookresearch/mtrl; same fixed point, gradient scaled by alpha)."""
+    q_value_max: float = 0.0
+    """Clip TD targets and Q predictions to [-q_value_max, q_value_max] (metaworld-algorithms MTSAC: 5000); 0 = off."""
     q_target_clip: bool = False
     """Clip TD targets to +-max|r|/(1-gamma) of the task's (normalized) rewards seen so far (Kurin et al.)."""
     schedule: Literal["joint", "alternating"] = "joint"
@@ -381,9 +401,11 @@ def validate(cfg: TrainConfig) -> None:
         for key in ("weight_decay", "max_grad_norm"):
             if flat[f"{net}.{key}"] < 0:
                 raise ConfigError(f"{net}.{key}: got {flat[f'{net}.{key}']}, expected a number >= 0")
-    for key in ("agent.alpha_lr", "agent.init_temperature"):
+    for key in ("agent.alpha_lr", "agent.init_temperature", "agent.adam_eps"):
         if flat[key] <= 0:
             raise ConfigError(f"{key}: got {flat[key]}, expected a positive number")
+    if not flat["agent.q_value_max"] >= 0:
+        raise ConfigError(f"agent.q_value_max: got {flat['agent.q_value_max']}, expected a number >= 0 (0 = off)")
     if not 0.0 <= flat["agent.gamma"] < 1.0:
         raise ConfigError(f"agent.gamma: got {flat['agent.gamma']}, expected a number in [0, 1)")
     if not 0.0 < flat["agent.tau"] <= 1.0:
@@ -404,8 +426,19 @@ def validate(cfg: TrainConfig) -> None:
         bad = "buffer.batch_size" if cfg.buffer.batch_size <= 0 else "buffer.capacity"
         raise ConfigError(f"{bad}: got {flat[bad]}, expected a positive integer")
     bench = cfg.env.benchmark
-    if not (bench in ("toy", "MT10", "MT50") or bench.startswith("MT1-")):
-        raise ConfigError(f"env.benchmark: got {bench!r}, expected toy, MT10, MT50 or MT1-<task> (e.g. MT1-reach-v3)")
+    kind = benchmark_kind(bench)
+    if kind is None:
+        raise ConfigError(
+            f"env.benchmark: got {bench!r}, expected toy, MT10, MT50, MT1-<task> (e.g. MT1-reach-v3) or a "
+            "comma-separated list of Meta-World v3 tasks (e.g. reach-v3,push-v3)"
+        )
+    if kind == "custom":
+        from mtrl.envs.base import custom_tasks
+
+        names = custom_tasks(bench)
+        dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if dup is not None:
+            raise ConfigError(f"env.benchmark: task {dup!r} is listed twice in {bench!r}; list each task once")
     if combiner_name(cfg.combiner) == "famo" and (cfg.combine_actor or cfg.combine_alpha):
         raise ConfigError(
             "combiner: famo needs losses bounded below and the SAC actor/alpha losses are not; add "

@@ -79,7 +79,7 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def _worker(
-    conn: Connection, env_cfg: EnvConfig, agent_cfg: AgentConfig, env_seed: int, episodes: int, seed: int
+    conn: Connection, env_cfg: EnvConfig, agent_cfg: AgentConfig, run_seed: int, episodes: int, seed: int
 ) -> None:
     """Body of the evaluation process: build the env and a CPU actor once, then evaluate each snapshot received.
 
@@ -91,7 +91,7 @@ def _worker(
     torch.set_num_threads(1)  # one [K, obs] batch per env step: threads would only compete with training
     env: MultiTaskVecEnv | None = None
     try:
-        env = make_env(env_cfg, env_seed, evaluation=True)
+        env = make_env(env_cfg, run_seed, evaluation=True)
         actor = Actor(env.obs_dim, env.act_dim, env.num_tasks, agent_cfg.conditioning, agent_cfg.actor).eval()
         tasks = torch.arange(env.num_tasks)
 
@@ -117,7 +117,7 @@ class AsyncEvaluator:
     """Evaluates snapshots of the actor in one long-lived worker process while training goes on.
 
     The worker is started with the ``spawn`` method (forking a process that runs torch and MuJoCo threads is
-    unsafe). It builds its own evaluation env, ``make_env(env_cfg, env_seed, evaluation=True)``, and a CPU
+    unsafe). It builds its own evaluation env, ``make_env(env_cfg, run_seed, evaluation=True)``, and a CPU
     :class:`~mtrl.nets.Actor` once, then runs :func:`evaluate` with the deterministic action ``tanh(mu)`` for each
     snapshot, in the order submitted, one at a time; snapshots wait in this process until the worker is free. On a
     CPU device the results equal those of evaluating the agent in-process with the same seeds.
@@ -128,17 +128,17 @@ class AsyncEvaluator:
 
     :param env_cfg: the run's env config.
     :param agent_cfg: the run's agent config (network conditioning and sizes of the actor).
-    :param env_seed: seed of the evaluation env.
+    :param run_seed: the run's seed (picks the evaluation goals, see :func:`~mtrl.envs.make_env`).
     :param episodes: evaluation episodes per task.
     :param seed: reset seed passed to :func:`evaluate`.
     """
 
-    def __init__(self, env_cfg: EnvConfig, agent_cfg: AgentConfig, env_seed: int, episodes: int, seed: int) -> None:
+    def __init__(self, env_cfg: EnvConfig, agent_cfg: AgentConfig, run_seed: int, episodes: int, seed: int) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
         # not a daemon: daemonic processes may not start children, and an async eval env starts one per task
         self._process = ctx.Process(
-            target=_worker, args=(child, env_cfg, agent_cfg, env_seed, episodes, seed), name="mtrl-eval"
+            target=_worker, args=(child, env_cfg, agent_cfg, run_seed, episodes, seed), name="mtrl-eval"
         )
         self._process.start()
         child.close()  # the worker holds the only other end: its exit shows here as end-of-file

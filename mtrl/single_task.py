@@ -35,10 +35,10 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from mtrl.config import ConfigError, TrainConfig, dump_yaml, to_flat
-from mtrl.envs import make_env
+from mtrl.envs import benchmark_label, eval_seed, make_env
 from mtrl.evaluate import evaluate
 from mtrl.logger import write_hparams
-from mtrl.train import EVAL_SEED_OFFSET, EpisodeLog, _update_meta, pick_device, prepare_run_dir
+from mtrl.train import EpisodeLog, _update_meta, pick_device, prepare_run_dir
 
 MODELS_DIR = "single_task"
 # SB3 logger key -> our TensorBoard key (mean over tasks)
@@ -151,12 +151,12 @@ def train_single_task(cfg: TrainConfig, *, command: str = "", progress: bool = T
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     env = make_env(cfg.env, cfg.seed)
-    eval_env = make_env(cfg.env, cfg.seed + EVAL_SEED_OFFSET, evaluation=True)
+    eval_env = make_env(cfg.env, cfg.seed, evaluation=True)  # the run's goals, simulator seed eval_seed(seed)
     k, names = env.num_tasks, env.task_names
     models = [make_model(cfg, env.obs_dim, env.act_dim, k, t, device) for t in range(k)]
     if not cfg.run_name:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        cfg = replace(cfg, run_name=f"{cfg.env.benchmark}__single_task__s{cfg.seed}__{stamp}")
+        cfg = replace(cfg, run_name=f"{benchmark_label(cfg.env.benchmark)}__single_task__s{cfg.seed}__{stamp}")
     cfg, run = prepare_run_dir(cfg, k, command)
     writer = SummaryWriter(str(run))
     writer.add_text("config", "```\n" + dump_yaml(cfg) + "```")
@@ -193,7 +193,7 @@ def train_single_task(cfg: TrainConfig, *, command: str = "", progress: bool = T
             for key, value in _train_logs(models, names).items():
                 writer.add_scalar(key, value, done)
         if (cfg.eval_interval and done % cfg.eval_interval == 0) or done == cfg.total_steps:
-            result = evaluate(lambda o: act(o, True), eval_env, cfg.eval_episodes, seed=cfg.seed)
+            result = evaluate(lambda o: act(o, True), eval_env, cfg.eval_episodes, seed=eval_seed(cfg.seed))
             writer.add_scalar("eval/success_rate", result.mean, done)
             for name, rate, rets in zip(names, result.per_task, result.returns):
                 writer.add_scalar(f"eval/success_rate/{name}", float(rate), done)

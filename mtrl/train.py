@@ -22,7 +22,7 @@ from mtrl import checkpoint
 from mtrl.agents.mtsac import MTSAC
 from mtrl.buffers import MultiTaskReplay
 from mtrl.config import ConfigError, TrainConfig, dump_yaml, from_flat, to_flat
-from mtrl.envs import StepResult, make_env
+from mtrl.envs import StepResult, benchmark_label, eval_seed, make_env
 from mtrl.envs.gl import ensure_gl_backend
 from mtrl.evaluate import AsyncEvaluator, EvalResult, evaluate
 from mtrl.logger import add_gif, write_hparams
@@ -30,7 +30,6 @@ from mtrl.utils import keep_freed_memory
 from mtrl.video import frames_for_tensorboard
 
 BUFFER = "buffer.pt"
-EVAL_SEED_OFFSET = 10_000
 
 
 class RunDirError(RuntimeError):
@@ -73,7 +72,7 @@ def eval_mode(cfg: TrainConfig) -> Literal["sync", "async"]:
 def default_run_name(cfg: TrainConfig, num_tasks: int) -> str:
     combiner = str(cfg.combiner.build(num_tasks))
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{cfg.env.benchmark}__{combiner}__s{cfg.seed}__{stamp}"
+    return f"{benchmark_label(cfg.env.benchmark)}__{combiner}__s{cfg.seed}__{stamp}"
 
 
 def _run_metadata(cfg: TrainConfig) -> dict[str, Any]:
@@ -147,10 +146,9 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
     torch.manual_seed(cfg.seed)
     env = make_env(cfg.env, cfg.seed)
     asynchronous = eval_mode(cfg) == "async"
-    eval_env = None if asynchronous else make_env(cfg.env, cfg.seed + EVAL_SEED_OFFSET, evaluation=True)
-    video_env = (
-        make_env(cfg.env, cfg.seed + EVAL_SEED_OFFSET, evaluation=True, render=True) if cfg.video_interval else None
-    )
+    # evaluation envs: the run's goals (cfg.env.eval_goals), their own simulator seed eval_seed(cfg.seed)
+    eval_env = None if asynchronous else make_env(cfg.env, cfg.seed, evaluation=True)
+    video_env = make_env(cfg.env, cfg.seed, evaluation=True, render=True) if cfg.video_interval else None
     k = env.num_tasks
     agent = MTSAC(env.obs_dim, env.act_dim, k, cfg, device)
     buffer = MultiTaskReplay(
@@ -195,9 +193,7 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
     final: dict[str, float] = {}
     evals_done = 0
     evaluator = (
-        AsyncEvaluator(cfg.env, cfg.agent, cfg.seed + EVAL_SEED_OFFSET, cfg.eval_episodes, cfg.seed)
-        if asynchronous
-        else None
+        AsyncEvaluator(cfg.env, cfg.agent, cfg.seed, cfg.eval_episodes, eval_seed(cfg.seed)) if asynchronous else None
     )
     bar = tqdm(
         total=cfg.total_steps, initial=start, desc=run.name, unit="step", disable=not progress, dynamic_ncols=True
@@ -248,7 +244,7 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
                     evaluator.submit(done, agent.actor.state_dict())
                 else:
                     assert eval_env is not None  # built for sync evaluation
-                    log_eval(done, evaluate(greedy, eval_env, cfg.eval_episodes, seed=cfg.seed))
+                    log_eval(done, evaluate(greedy, eval_env, cfg.eval_episodes, seed=eval_seed(cfg.seed)))
                 evals_done += 1
                 if video_env is not None and evals_done % cfg.video_interval == 0:  # always in-process
                     clips = frames_for_tensorboard(greedy, video_env)

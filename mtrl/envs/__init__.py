@@ -2,26 +2,55 @@
 
 from __future__ import annotations
 
-from mtrl.config import ConfigError, EnvConfig
-from mtrl.envs.base import MultiTaskVecEnv, StepResult
+from typing import TYPE_CHECKING
+
+from mtrl.envs.base import (
+    EVAL_SEED_OFFSET,
+    MultiTaskVecEnv,
+    StepResult,
+    benchmark_kind,
+    benchmark_label,
+    benchmark_num_tasks,
+    eval_seed,
+)
 from mtrl.envs.toy import ToyReachEnv
 
+if TYPE_CHECKING:
+    from mtrl.config import EnvConfig
 
-def make_env(cfg: EnvConfig, seed: int, *, evaluation: bool = False, render: bool = False) -> MultiTaskVecEnv:
+
+def make_env(
+    cfg: EnvConfig, seed: int, *, evaluation: bool = False, render: bool = False, sim_seed: int | None = None
+) -> MultiTaskVecEnv:
     """Build the vector env of ``cfg.benchmark``, one sub-env per task.
 
-    :param seed: seeds goal choice (legacy protocol), goal sampling and the simulator.
-    :param evaluation: evaluation envs (Meta-World: terminate on success, cycle through the goals).
+    :param seed: the run's seed. It picks the goal set, which is the same for the training and the evaluation env
+        (``cfg.eval_goals: fresh``: the evaluation env gets goals of another seed), and seeds the simulator.
+    :param evaluation: an evaluation env (Meta-World: terminate on success, cycle through the goals); its simulator
+        seed is :func:`~mtrl.envs.base.eval_seed` ``(seed)``.
     :param render: make ``env.render()`` return one RGB frame per task.
+    :param sim_seed: override the simulator seed (e.g. ``mtrl evaluate --seed``); the goals stay the run's.
     """
     if cfg.benchmark == "toy":
-        return ToyReachEnv(cfg.toy_tasks, cfg.max_episode_steps or 50, render=render)
+        fresh = evaluation and cfg.eval_goals == "fresh"
+        return ToyReachEnv(cfg.toy_tasks, cfg.max_episode_steps or 50, render=render, fresh_goals=fresh)
+    from mtrl.config import ConfigError
     from mtrl.envs.metaworld import make_metaworld  # the only module importing metaworld
 
     try:
-        return make_metaworld(cfg, seed, evaluation=evaluation, render=render)
+        return make_metaworld(cfg, seed, evaluation=evaluation, render=render, sim_seed=sim_seed)
     except ValueError as exc:  # unknown task names and the like: a config problem, reported in one line
         raise ConfigError(str(exc)) from None
 
 
-__all__ = ["MultiTaskVecEnv", "StepResult", "ToyReachEnv", "make_env"]
+__all__ = [
+    "EVAL_SEED_OFFSET",
+    "MultiTaskVecEnv",
+    "StepResult",
+    "ToyReachEnv",
+    "benchmark_kind",
+    "benchmark_label",
+    "benchmark_num_tasks",
+    "eval_seed",
+    "make_env",
+]

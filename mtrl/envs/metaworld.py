@@ -1,4 +1,5 @@
-"""Meta-World v3 as a :class:`~mtrl.envs.base.MultiTaskVecEnv`: MT10, MT50 and MT1-<task>, two protocols.
+"""Meta-World v3 as a :class:`~mtrl.envs.base.MultiTaskVecEnv`: MT10, MT50, MT1-<task> or a custom task list, two
+protocols.
 
 The only module of the package that imports :mod:`metaworld`. Sub-envs are built from Meta-World's public pieces
 (benchmark objects, env classes, wrappers) rather than ``gym.make_vec``, because the protocols need control over goal
@@ -7,14 +8,24 @@ selection and seeding:
 - ``official`` (Meta-World+ v3): the benchmark's 50 goal variations per task; a training env draws a random goal each
   episode, an evaluation env cycles through the goals (after :meth:`MetaWorldVecEnv.reset`, ``n <= 50`` episodes of a
   task see ``n`` distinct goals, so 50 episodes see each goal once) and terminates on success; 500-step episodes.
-- ``legacy`` (mtrl/CARE): one fixed goal per task, drawn from the seed among that task's 50 variations and identical
-  for the training and evaluation envs of that seed; 150-step episodes; never terminates on success (mtrl's
-  evaluation runs all 150 steps and counts success at any step).
+- ``legacy`` (mtrl/CARE): one fixed goal per task, drawn from the seed among that task's 50 variations; 150-step
+  episodes; never terminates on success (mtrl's evaluation runs all 150 steps and counts success at any step).
+
+Goals and seeds. The goal set of a run (official: the 50 variations per task; legacy: the one fixed goal) comes from
+the **run's seed** alone, for the training env and the evaluation env alike: a policy is evaluated on the goals it
+trained on, as in Meta-World's official evaluation, metaworld-algorithms and facebookresearch/mtrl.
+``EnvConfig.eval_goals = "fresh"`` builds the evaluation env on the goals of seed ``seed + FRESH_GOAL_OFFSET``
+instead (a generalization check). The simulator seed is separate: sub-env ``k`` of a training env is seeded with
+``seed + k``, of an evaluation env with ``eval_seed(seed) + k`` (see :func:`make_metaworld`).
+
+Benchmarks: ``MT10`` and ``MT50`` take their goals from ``metaworld.MT10(seed)`` / ``metaworld.MT50(seed)``,
+``MT1-<task>`` from ``metaworld.MT1(task, seed)``, a custom list ``task-a-v3,task-b-v3,...`` (any Meta-World v3
+tasks) task ``k``'s from ``metaworld.MT1(task_k, seed + k)``, as Meta-World's own ``Meta-World/custom-mt-envs``.
 
 Determinism: Meta-World ignores ``reset(seed=...)`` and samples with the global ``np.random`` unless told otherwise.
-Here the goal variations come from the benchmark seeded with ``seed``; after ``set_task`` positions are frozen (no
-global RNG), and the goal sampling / goal cycling of sub-env ``k`` uses that env's own generator, seeded with
-``seed + k`` at construction and re-seeded by ``reset(seed)``. The same seed gives the same observations.
+Here after ``set_task`` positions are frozen (no global RNG), and the goal sampling / goal cycling of a sub-env uses
+that env's own generator, seeded at construction and re-seeded by ``reset(seed)`` (sub-env ``k``: ``seed + k``).
+The same seed gives the same observations.
 
 Rendering (sync vector env only) uses one ``mujoco.Renderer`` per task and the ``corner`` camera, whose up axis
 points down in Meta-World's model: frames are rotated by 180 degrees. Shadows and reflections are switched off
@@ -49,7 +60,7 @@ from metaworld.wrappers import (  # noqa: E402
 )
 
 from mtrl.config import EnvConfig  # noqa: E402
-from mtrl.envs.base import StepResult  # noqa: E402
+from mtrl.envs.base import StepResult, benchmark_kind, custom_tasks, eval_seed, goal_seed  # noqa: E402
 
 EPISODE_STEPS = {"official": 500, "legacy": 150}
 """Default episode length of each protocol (``EnvConfig.max_episode_steps = 0``)."""
@@ -59,8 +70,20 @@ RENDER_CAMERA = "corner"
 """Meta-World camera used for frames (a three-quarter view of the table and the arm)."""
 
 
+def _check_task(name: str) -> str:
+    if name not in ALL_V3_ENVIRONMENTS:
+        close = difflib.get_close_matches(name, list(ALL_V3_ENVIRONMENTS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ValueError(
+            f"env.benchmark: unknown Meta-World task '{name}'; valid: {', '.join(list(MT10_V3)[:4])}, ... "
+            f"({len(ALL_V3_ENVIRONMENTS)} tasks){hint}"
+        )
+    return name
+
+
 def task_names(benchmark: str) -> list[str]:
-    """Meta-World task names of ``benchmark`` (``MT10``, ``MT50`` or ``MT1-<task>``) in benchmark order.
+    """Meta-World task names of ``benchmark`` (``MT10``, ``MT50``, ``MT1-<task>`` or a comma-separated task list) in
+    benchmark order.
 
     Builds no environment. Raises a one-line :class:`ValueError` for an unknown benchmark or task.
     """
@@ -69,17 +92,12 @@ def task_names(benchmark: str) -> list[str]:
     if benchmark == "MT50":
         return list(MT50_V3)
     if benchmark.startswith("MT1-"):
-        name = benchmark[len("MT1-") :]
-        if name not in ALL_V3_ENVIRONMENTS:
-            close = difflib.get_close_matches(name, list(ALL_V3_ENVIRONMENTS), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ValueError(
-                f"env.benchmark: unknown Meta-World task '{name}'; valid: {', '.join(list(MT10_V3)[:4])}, ... "
-                f"({len(ALL_V3_ENVIRONMENTS)} tasks){hint}"
-            )
-        return [name]
+        return [_check_task(benchmark[len("MT1-") :])]
+    if benchmark_kind(benchmark) == "custom":
+        return [_check_task(name) for name in custom_tasks(benchmark)]
     raise ValueError(
-        f"env.benchmark: unknown Meta-World benchmark {benchmark!r}; valid: MT10, MT50, MT1-<task> (e.g. MT1-reach-v3)"
+        f"env.benchmark: unknown Meta-World benchmark {benchmark!r}; valid: MT10, MT50, MT1-<task> (e.g. "
+        "MT1-reach-v3) or a comma-separated list of tasks (e.g. reach-v3,push-v3)"
     )
 
 
@@ -87,15 +105,17 @@ def task_names(benchmark: str) -> list[str]:
 def _benchmark(benchmark: str, seed: int) -> tuple[tuple[str, type, tuple[Task, ...]], ...]:
     """(name, env class, its 50 goal variations) per task; cached since building MT10 takes ~10 s, MT50 ~50 s."""
     names = task_names(benchmark)
-    if benchmark == "MT10":
-        bench: Any = metaworld.MT10(seed=seed)
-    elif benchmark == "MT50":
-        bench = metaworld.MT50(seed=seed)
-    else:
-        bench = metaworld.MT1(names[0], seed=seed)
-    return tuple(
-        (name, bench.train_classes[name], tuple(t for t in bench.train_tasks if t.env_name == name)) for name in names
-    )
+    if benchmark in ("MT10", "MT50"):
+        bench: Any = metaworld.MT10(seed=seed) if benchmark == "MT10" else metaworld.MT50(seed=seed)
+        return tuple(
+            (name, bench.train_classes[name], tuple(t for t in bench.train_tasks if t.env_name == name))
+            for name in names
+        )
+    out = []
+    for k, name in enumerate(names):  # MT1-<task>: k = 0, seed; custom lists: as Meta-World's custom-mt-envs
+        bench = metaworld.MT1(name, seed=seed + k)
+        out.append((name, bench.train_classes[name], tuple(bench.train_tasks)))
+    return tuple(out)
 
 
 class _Control(gym.Wrapper):
@@ -278,15 +298,24 @@ def vector_strategy(cfg: EnvConfig, *, render: bool = False) -> Literal["sync", 
 
 
 def make_metaworld(
-    cfg: EnvConfig, seed: int, *, evaluation: bool = False, render: bool = False, use_one_hot: bool = False
+    cfg: EnvConfig,
+    seed: int,
+    *,
+    evaluation: bool = False,
+    render: bool = False,
+    use_one_hot: bool = False,
+    sim_seed: int | None = None,
 ) -> MetaWorldVecEnv:
-    """Build the Meta-World vector env of ``cfg.benchmark`` (``MT10``, ``MT50`` or ``MT1-<task>``).
+    """Build the Meta-World vector env of ``cfg.benchmark`` (``MT10``, ``MT50``, ``MT1-<task>`` or a task list).
 
     :param cfg: benchmark, protocol (official / legacy), reward version, episode length, vector strategy
-        (:func:`vector_strategy`).
-    :param seed: seeds the benchmark's goal variations, the legacy goal choice, and sub-env ``k`` with ``seed + k``.
+        (:func:`vector_strategy`), evaluation goals (``eval_goals``).
+    :param seed: the run's seed: picks the goal set (the benchmark's goal variations, the legacy goal choice), the
+        same for training and evaluation envs unless ``cfg.eval_goals`` is ``fresh``.
     :param evaluation: official protocol: terminate on success and cycle through the 50 goals instead of sampling
-        them; legacy protocol: no difference (mtrl evaluates full 150-step episodes on the seed's fixed goals).
+        them; legacy protocol: same goal and episodes (mtrl evaluates full 150-step episodes on the fixed goals).
+    :param sim_seed: simulator seed (sub-env ``k`` gets ``sim_seed + k``); default ``seed`` for a training env and
+        :func:`~mtrl.envs.base.eval_seed` ``(seed)`` for an evaluation env.
     :param render: ``render()`` returns one ``[256, 256, 3]`` frame per task (needs offscreen OpenGL and the
         sync vector env: ``vector_strategy`` sync or auto).
     :param use_one_hot: append the task one-hot to observations (obs dim 39 + K); the agent of this package does
@@ -297,8 +326,11 @@ def make_metaworld(
     strategy = vector_strategy(cfg, render=render)
     max_steps = cfg.max_episode_steps or EPISODE_STEPS[cfg.protocol]
     official = cfg.protocol == "official"
-    tasks = _benchmark(cfg.benchmark, seed)
-    rng = np.random.default_rng(seed)  # legacy: one goal per task, in benchmark order
+    goals = goal_seed(cfg, seed, evaluation)
+    if sim_seed is None:
+        sim_seed = eval_seed(seed) if evaluation else seed
+    tasks = _benchmark(cfg.benchmark, goals)
+    rng = np.random.default_rng(goals)  # legacy: one goal per task, in benchmark order
     fns = []
     for k, (_, env_cls, variations) in enumerate(tasks):
         fixed = None if official else variations[int(rng.integers(len(variations)))]
@@ -308,7 +340,7 @@ def make_metaworld(
                 env_cls,
                 variations,
                 fixed,
-                seed=seed + k,
+                seed=sim_seed + k,
                 terminate_on_success=official and evaluation,
                 cycle_goals=official and evaluation,
                 max_episode_steps=max_steps,

@@ -3,7 +3,8 @@
 Task ``k`` moves a point from near the origin to a goal at angle ``2*pi*k/K`` on a circle of radius 0.7. The
 observation is only the position, so the tasks conflict unless the agent is told which task it is solving: a
 good check of task conditioning. Reward is the negative distance to the goal; success is being within 0.1 of it.
-Episodes end by time limit only (never ``terminated``), as in Meta-World.
+Episodes end by time limit only (never ``terminated``), as in Meta-World. ``fresh_goals`` rotates every goal by half
+the angle between two tasks: goals the tasks never trained on (``eval_goals: fresh``).
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ class ToyReachEnv:
     obs_dim = 2
     act_dim = 2
 
-    def __init__(self, num_tasks: int = 4, max_episode_steps: int = 50, render: bool = False) -> None:
+    def __init__(
+        self, num_tasks: int = 4, max_episode_steps: int = 50, render: bool = False, fresh_goals: bool = False
+    ) -> None:
         self.task_names = [f"reach-{k}" for k in range(num_tasks)]
         self.max_episode_steps = max_episode_steps
-        angles = 2 * np.pi * np.arange(num_tasks) / num_tasks
+        angles = 2 * np.pi * (np.arange(num_tasks) + (0.5 if fresh_goals else 0.0)) / num_tasks
         self.goals = _RADIUS * np.stack([np.cos(angles), np.sin(angles)], axis=1)  # [K, 2]
         self._rng = np.random.default_rng(0)
         self._pos = np.zeros((num_tasks, 2))

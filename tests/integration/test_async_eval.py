@@ -67,7 +67,7 @@ def test_auto_is_async_only_on_meta_world_with_four_cores(monkeypatch):
 def test_evaluator_matches_evaluate_on_the_same_snapshot():
     actor = _actor()
     snapshot = copy.deepcopy(actor.state_dict())
-    with AsyncEvaluator(ENV, AGENT, env_seed=7, episodes=3, seed=1) as evaluator:
+    with AsyncEvaluator(ENV, AGENT, run_seed=7, episodes=3, seed=1) as evaluator:
         evaluator.submit(10, actor.state_dict())
         with torch.no_grad():
             actor.net.head.bias.add_(0.5)  # trained on after the snapshot: must not reach the worker
@@ -88,7 +88,7 @@ def test_evaluator_matches_evaluate_on_the_same_snapshot():
 
 
 def test_a_dead_worker_raises_a_one_line_error():
-    evaluator = AsyncEvaluator(ENV, AGENT, env_seed=0, episodes=1, seed=0)
+    evaluator = AsyncEvaluator(ENV, AGENT, run_seed=0, episodes=1, seed=0)
     try:
         evaluator.submit(5, _actor().state_dict())
         evaluator._process.kill()
@@ -102,7 +102,7 @@ def test_a_dead_worker_raises_a_one_line_error():
 
 def test_a_failing_evaluation_raises_a_one_line_error():
     wrong = _actor(NetConfig(hidden_dim=8)).state_dict()
-    with AsyncEvaluator(ENV, AGENT, env_seed=0, episodes=1, seed=0) as evaluator:
+    with AsyncEvaluator(ENV, AGENT, run_seed=0, episodes=1, seed=0) as evaluator:
         evaluator.submit(5, wrong)
         with pytest.raises(EvalWorkerError, match="evaluation worker failed: RuntimeError: Error") as info:
             evaluator.wait()
@@ -110,7 +110,7 @@ def test_a_failing_evaluation_raises_a_one_line_error():
 
 
 def test_close_stops_a_busy_worker_at_once():
-    evaluator = AsyncEvaluator(ENV, AGENT, env_seed=0, episodes=100_000, seed=0)  # minutes of work
+    evaluator = AsyncEvaluator(ENV, AGENT, run_seed=0, episodes=100_000, seed=0)  # minutes of work
     evaluator.submit(5, _actor().state_dict())
     deadline = time.monotonic() + 60
     while evaluator._in_flight is None and time.monotonic() < deadline:  # until the worker has started on it

@@ -105,11 +105,27 @@ def test_existing_run_is_never_overwritten_and_resume_rejects_a_different_config
     assert before == after
 
 
-def test_evaluate_command_prints_per_task_success(tmp_path, capsys):
+def _printed_returns(out: str) -> dict[str, float]:
+    return {line.split()[0]: float(line.split()[2]) for line in out.splitlines() if line.startswith("reach-")}
+
+
+def test_evaluate_command_scores_the_training_goals_as_the_training_loop_does(tmp_path, capsys):
     run = train(tiny(tmp_path, run_name="e"), progress=False)
-    assert main(["evaluate", str(run), "--episodes", "1"]) == 0
+    df = scalars(run)
+    logged = {
+        tag.split("/")[-1]: float(df[(df.tag == tag) & (df.step == 300)].value.iloc[0])
+        for tag in df.tag.unique()
+        if tag.startswith("eval/return/")
+    }
+    assert main(["evaluate", str(run)]) == 0  # same goals, simulator seed and episodes as the loop's evaluation
     out = capsys.readouterr().out
     assert "reach-0" in out and "mean" in out
+    printed = _printed_returns(out)
+    assert printed.keys() == logged.keys() and len(printed) == 4
+    assert all(abs(printed[t] - logged[t]) < 0.006 for t in printed), (printed, logged)
+    assert main(["evaluate", str(run), "--eval-goals", "fresh"]) == 0
+    fresh = _printed_returns(capsys.readouterr().out)
+    assert all(abs(fresh[t] - logged[t]) > 0.01 for t in fresh), (fresh, logged)
 
 
 def test_python_dash_m_reports_errors_without_traceback(tmp_path):
