@@ -143,4 +143,4 @@ class MultiTaskReplay:
         self.pos, self.size = state["pos"], n
         self.rew_count, self.rew_mean, self.rew_m2 = state["rew_stats"].to(self.device).unbind(0)
         self.rew_absmax = state["rew_absmax"].to(self.device)
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # a CPU byte tensor on every device

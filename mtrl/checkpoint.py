@@ -37,9 +37,14 @@ def resolve(path: str | Path) -> Path:
     return p
 
 
-def load(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+def load(path: str | Path) -> dict[str, Any]:
+    """The saved state of a checkpoint (a run directory or checkpoint.pt), every tensor on the CPU.
+
+    Always mapped to the CPU, whatever device the run uses: random-generator states must stay CPU byte tensors
+    (``Generator.set_state`` and ``torch.set_rng_state`` reject CUDA tensors); ``load_state_dict`` moves the rest.
+    """
     p = resolve(path)
     try:
-        return torch.load(p, map_location=device, weights_only=False)
+        return torch.load(p, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise CheckpointError(f"checkpoint: cannot read '{p}' ({type(exc).__name__}: {exc})") from None

@@ -5,7 +5,8 @@ TensorBoard event files) and writes ``success_curves.png``, ``iqm.png`` and ``su
 
 Rules it enforces (see ``references/mtrl-protocols.md`` §9-10):
 
-- final success of a run = mean of its last N evaluations of ``eval/success_rate``, never the max over training;
+- final success of a run = mean of its evaluations of ``eval/success_rate`` in the last 10% of its steps (at least
+  its last evaluation; :func:`final_success`), never the max over training;
 - runs from different settings (benchmark, protocol, reward version, episode length, step budget, evaluation
   schedule) are never pooled: each setting is compared on its own and the set-apart runs are listed with the reason;
 - per-seed values are always shown next to the IQM, so bimodal seeds (some never learn) stay visible.
@@ -120,11 +121,11 @@ class Run:
     success: np.ndarray
     """``eval/success_rate`` at each evaluation (mean over tasks). [E]"""
     task_final: dict[str, float]
-    """Final success of each task (mean of its last N evaluations)."""
+    """Final success of each task (:func:`final_success` of its curve)."""
     final: float
-    """Final success: mean of the last N evaluations of ``eval/success_rate``."""
+    """Final success: :func:`final_success` of ``eval/success_rate``."""
     n_final: int
-    """Number of evaluations averaged into ``final`` (N, or fewer when the run has fewer)."""
+    """Number of evaluations averaged into ``final``."""
     sps: float | None
     """Mean of ``charts/sps`` (vector-env steps per second), None when not logged."""
     wall_clock_s: float | None
@@ -236,15 +237,41 @@ def read_scalars(run_dir: str | Path, keep: Callable[[str], bool] | None = None)
     return df.sort_values(["tag", "step"], kind="stable").reset_index(drop=True)[["step", "tag", "value"]]
 
 
-def final_success(values: Sequence[float] | np.ndarray, last_n: int) -> float:
-    """Mean of the last ``last_n`` values (all of them when there are fewer); never the max over training."""
-    arr = np.asarray(values, dtype=float)
+FINAL_WINDOW = 0.1
+"""Final success averages the evaluations in this last fraction of a run's steps."""
+
+
+def final_rule(window: float = FINAL_WINDOW) -> str:
+    """The final-success rule in words, for tables, plots and messages."""
+    return f"mean of the evaluations in the last {window:.0%} of the run's steps (at least its last evaluation)"
+
+
+def final_mask(
+    steps: Sequence[int] | np.ndarray, total_steps: float | None, window: float = FINAL_WINDOW
+) -> np.ndarray:
+    """Which evaluations count into the final value: those at steps ``>= (1 - window) * total_steps`` (total: the
+    run's ``total_steps``, or its last evaluation's step when unknown), and always the last one."""
+    arr = np.asarray(steps, dtype=float)
     if arr.size == 0:
         raise ValueError("no evaluations")
-    return float(arr[-last_n:].mean())
+    total = float(total_steps) if total_steps else float(arr[-1])
+    mask = arr >= (1.0 - window) * total
+    mask[-1] = True
+    return mask
 
 
-def load_run(run_dir: str | Path, last_n: int = 5) -> Run:
+def final_success(
+    steps: Sequence[int] | np.ndarray,
+    values: Sequence[float] | np.ndarray,
+    total_steps: float | None,
+    window: float = FINAL_WINDOW,
+) -> float:
+    """Mean of the evaluations in the last ``window`` of the run's steps (:func:`final_mask`); never the max over
+    training, and never the whole curve of a short run."""
+    return float(np.asarray(values, dtype=float)[final_mask(steps, total_steps, window)].mean())
+
+
+def load_run(run_dir: str | Path, final_window: float = FINAL_WINDOW) -> Run:
     """Read one run: config, meta, evaluation curve, per-task finals, steps/s and wall-clock.
 
     :raises ValueError: with a one-line reason when the run cannot be used (bad YAML, no evaluations).
@@ -261,8 +288,10 @@ def load_run(run_dir: str | Path, last_n: int = 5) -> Run:
         raise ValueError(f"no evaluations (no '{SUCCESS_TAG}' scalars in its event files)")
     steps = succ["step"].to_numpy(dtype=np.int64)
     success = succ["value"].to_numpy(dtype=float)
+    total = config.get("total_steps")
+    total = total if isinstance(total, (int, float)) and not isinstance(total, bool) else None
     task_final = {
-        tag[len(TASK_SUCCESS_PREFIX) :]: final_success(g["value"].to_numpy(), last_n)
+        tag[len(TASK_SUCCESS_PREFIX) :]: final_success(g["step"].to_numpy(), g["value"].to_numpy(), total, final_window)
         for tag, g in df[df["tag"].str.startswith(TASK_SUCCESS_PREFIX)].groupby("tag", sort=True)
     }
     sps_values = df.loc[df["tag"] == SPS_TAG, "value"]
@@ -274,8 +303,8 @@ def load_run(run_dir: str | Path, last_n: int = 5) -> Run:
         steps=steps,
         success=success,
         task_final=task_final,
-        final=final_success(success, last_n),
-        n_final=min(last_n, success.size),
+        final=final_success(steps, success, total, final_window),
+        n_final=int(final_mask(steps, total, final_window).sum()),
         sps=float(sps_values.mean()) if len(sps_values) else None,
         wall_clock_s=float(wall) if isinstance(wall, (int, float)) and not isinstance(wall, bool) else None,
         has_hparams=any(path.glob(f"events.out.tfevents.*{HPARAMS_SUFFIX}")),
@@ -561,7 +590,7 @@ class Comparison:
     settings: list[SettingResult]
     """Main setting (most runs) first."""
     set_apart: list[SetApart]
-    last_n: int
+    final_window: float
     reps: int
     seed: int
     summary: str = ""
@@ -662,7 +691,7 @@ def _slug(text: str) -> str:
 def compare(
     paths: Sequence[str | Path],
     out: str | Path = "compare",
-    last_n: int = 5,
+    final_window: float = FINAL_WINDOW,
     baseline: str | None = None,
     reps: int = 2000,
     seed: int = 0,
@@ -674,7 +703,8 @@ def compare(
 
     :param paths: run directories, or folders searched recursively for them.
     :param out: output folder; the main setting (most runs) writes there, other settings into sub-folders.
-    :param last_n: final success = mean of the last ``last_n`` evaluations of each run.
+    :param final_window: final success = mean of the evaluations in this last fraction of each run's steps (at least
+        its last evaluation; :func:`final_success`).
     :param baseline: method label that P(improvement) is measured against; None = plain ``mean`` if present.
     :param reps: bootstrap replications.
     :param seed: seed of the bootstrap.
@@ -684,14 +714,16 @@ def compare(
     :raises CompareError: no runs found, a path is missing, or no run has evaluations.
     """
     warn = warn or (lambda msg: print(f"mtrl compare: warning: {msg}", file=sys.stderr))
-    if last_n < 1 or reps < 1:
-        raise CompareError("--last-n and --reps must be positive")
+    if not 0.0 < final_window <= 1.0:
+        raise CompareError(f"--final-window: got {final_window}, expected a fraction in (0, 1]")
+    if reps < 1:
+        raise CompareError(f"--reps: got {reps}, expected a positive integer")
     out = Path(out)
     set_apart: list[SetApart] = []
     runs: list[Run] = []
     for run_dir in find_runs(paths):
         try:
-            run = load_run(run_dir, last_n)
+            run = load_run(run_dir, final_window)
         except ValueError as exc:
             warn(f"{run_dir}: {exc}; set apart")
             set_apart.append(SetApart(run_dir, str(exc)))
@@ -702,8 +734,6 @@ def compare(
             warn(f"{run_dir}: {reason}; set apart (--include-unfinished keeps it)")
             set_apart.append(SetApart(run_dir, reason))
             continue
-        if run.n_final < last_n:
-            warn(f"{run_dir}: only {run.n_final} evaluations; its final success averages those")
         runs.append(run)
     if not runs:
         raise CompareError(f"none of the {len(set_apart)} runs can be compared (see the warnings above)")
@@ -734,11 +764,12 @@ def compare(
         for note in setting.notes:
             warn(f"{setting.description}: {note}")
 
-    result = Comparison(settings=settings, set_apart=set_apart, last_n=last_n, reps=reps, seed=seed)
+    result = Comparison(settings=settings, set_apart=set_apart, final_window=final_window, reps=reps, seed=seed)
     for setting in settings:
         setting.out_dir.mkdir(parents=True, exist_ok=True)
-        result.files.append(plot_success_curves(setting, setting.out_dir / "success_curves.png", last_n, reps, seed))
-        result.files.append(plot_iqm(setting, setting.out_dir / "iqm.png", last_n))
+        path = setting.out_dir / "success_curves.png"
+        result.files.append(plot_success_curves(setting, path, final_window, reps, seed))
+        result.files.append(plot_iqm(setting, setting.out_dir / "iqm.png", final_window))
     result.summary = summary_markdown(result, out)
     summary_path = out / "summary.md"
     summary_path.write_text(result.summary)
@@ -790,7 +821,9 @@ def _seeds_phrase(setting: SettingResult) -> str:
     return f"{_plural(counts.pop(), 'seed')} per method" if len(counts) == 1 else "seeds per method in the legend"
 
 
-def plot_success_curves(setting: SettingResult, path: Path, last_n: int, reps: int = 2000, seed: int = 0) -> Path:
+def plot_success_curves(
+    setting: SettingResult, path: Path, final_window: float = FINAL_WINDOW, reps: int = 2000, seed: int = 0
+) -> Path:
     """Mean success rate over tasks against environment steps per task: one line per method, mean over seeds with
     a shaded 95% bootstrap band across seeds."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -821,7 +854,7 @@ def plot_success_curves(setting: SettingResult, path: Path, last_n: int, reps: i
     )
     fig.supxlabel(
         "Each point: success rate at one evaluation (eval/success_rate = fraction of tasks solved, averaged over "
-        f"tasks).\nIn iqm.png and summary.md, final success = mean of the last {last_n} evaluations of each run.",
+        f"tasks).\nIn iqm.png and summary.md, final success = {final_rule(final_window)}.",
         fontsize=8,
         color="0.35",
     )
@@ -829,7 +862,7 @@ def plot_success_curves(setting: SettingResult, path: Path, last_n: int, reps: i
     return path
 
 
-def plot_iqm(setting: SettingResult, path: Path, last_n: int) -> Path:
+def plot_iqm(setting: SettingResult, path: Path, final_window: float = FINAL_WINDOW) -> Path:
     """Horizontal interval plot of the IQM of final success with 95% CI and the seeds as dots; next to it the
     probability of improvement over the baseline with 95% CI."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -852,7 +885,7 @@ def plot_iqm(setting: SettingResult, path: Path, last_n: int) -> Path:
     ax.set_yticks(ys, [f"{m.label} (n={len(m.runs)})" for m in methods])
     ax.invert_yaxis()
     ax.set_xlim(-0.02, 1.02)
-    ax.set_xlabel(f"final success rate (mean over tasks; mean of last {last_n} evaluations per run)")
+    ax.set_xlabel(f"final success rate (mean over tasks; evaluations in the last {final_window:.0%} of steps)")
     ax.set_title("IQM over seeds: bar = 95% bootstrap CI, tick = IQM, dots = seeds", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     if with_poi:
@@ -869,7 +902,7 @@ def plot_iqm(setting: SettingResult, path: Path, last_n: int) -> Path:
         ax2.set_title(f"Probability of improvement over {setting.baseline} (0.5 = no difference)", fontsize=10)
         ax2.grid(axis="x", alpha=0.3)
     fig.suptitle(
-        f"{_wrap(setting.description, 120)}\nFinal success = mean of the last {last_n} evaluations of each run "
+        f"{_wrap(setting.description, 120)}\nFinal success = {final_rule(final_window)} "
         "(not the max over training); IQM = mean of the middle 50% of seeds",
         fontsize=10,
     )
@@ -952,12 +985,11 @@ def _rel(path: Path, start: Path) -> str:
 
 def summary_markdown(result: Comparison, out: Path) -> str:
     """The full ``summary.md``: explanation, one section per setting, the runs set apart."""
-    n = result.last_n
     lines = [
         "# Run comparison",
         "",
-        f"- **final success** of a run = mean of its last {n} evaluations of `{SUCCESS_TAG}` (success rate averaged "
-        "over tasks); never the max over training.",
+        f"- **final success** of a run = {final_rule(result.final_window)}, of `{SUCCESS_TAG}` (success rate "
+        "averaged over tasks); never the max over training.",
         "- **IQM** = interquartile mean over seeds (mean of the middle 50% of per-seed finals), with a 95% "
         f"percentile bootstrap CI over seeds ({result.reps} resamples, seed {result.seed}).",
         "- **P(improve)** = probability that a random run of the method ends with a higher final success than a "
@@ -999,7 +1031,13 @@ def summary_markdown(result: Comparison, out: Path) -> str:
             lines += [f"Fewer than 5 seeds (wide, unreliable CIs): {', '.join(f'`{x}`' for x in small)}.", ""]
         tt = task_table(s)
         if tt:
-            lines += [f"### Per-task final success (mean over seeds of the last {n} evaluations)", "", tt, ""]
+            window = f"{result.final_window:.0%}"
+            lines += [
+                f"### Per-task final success (mean over seeds; evaluations in the last {window} of steps)",
+                "",
+                tt,
+                "",
+            ]
         lines += [f"Note: {note}." for note in s.notes]
     lines += ["## Runs set apart", ""]
     if result.set_apart:
@@ -1027,17 +1065,18 @@ def build_parser() -> argparse.ArgumentParser:
             "schedule) are never pooled but compared separately. Writes success_curves.png, iqm.png and summary.md "
             "into --out and prints the summary table."
         ),
-        epilog="example: mtrl compare runs/ --last-n 5 --out compare/",
+        epilog="example: mtrl compare runs/ --final-window 0.1 --out compare/",
     )
     parser.add_argument(
         "runs", nargs="+", metavar="RUNS", help="run directories, or folders searched recursively for them"
     )
     parser.add_argument(
-        "--last-n",
-        type=int,
-        default=5,
-        metavar="N",
-        help="final success = mean of the last N evaluations of each run (never the max over training); default 5",
+        "--final-window",
+        type=float,
+        default=FINAL_WINDOW,
+        metavar="FRACTION",
+        help="final success = mean of the evaluations in this last fraction of each run's steps, at least its last "
+        f"evaluation (never the max over training); default {FINAL_WINDOW}",
     )
     parser.add_argument("--out", default="compare", metavar="DIR", help="output folder (default: compare/)")
     parser.add_argument(
@@ -1072,7 +1111,7 @@ def cli(argv: list[str]) -> int:
         result = compare(
             args.runs,
             out=args.out,
-            last_n=args.last_n,
+            final_window=args.final_window,
             baseline=args.baseline,
             reps=args.reps,
             seed=args.seed,
@@ -1090,9 +1129,7 @@ def cli(argv: list[str]) -> int:
         print(f"\n{_plural(len(result.set_apart), 'run')} set apart:")
         for a in result.set_apart:
             print(f"  {a.path}: {a.reason}")
-    print(
-        f"\nfinal = mean of the last {result.last_n} evaluations of each run; summary: {Path(args.out) / 'summary.md'}"
-    )
+    print(f"\nfinal = {final_rule(result.final_window)}; summary: {Path(args.out) / 'summary.md'}")
     return 0
 
 

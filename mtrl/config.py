@@ -367,9 +367,23 @@ def read_mapping(path: str | Path, label: str, expected: str = "a mapping of con
     return data
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a flat (or nested) YAML preset into flat items."""
-    return flatten(read_mapping(path, "--config"))
+def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a flat (or nested) YAML preset into flat items.
+
+    A preset may inherit: ``base: other.yaml`` (a path relative to the preset's own folder) loads that preset
+    first, and this one's keys override it; bases can inherit in turn.
+    """
+    p = Path(path)
+    items = flatten(read_mapping(p, "--config"))
+    base = items.pop("base", None)
+    if base is None:
+        return items
+    base_path = p.parent / str(base)
+    if base_path.resolve() in {q.resolve() for q in (*_chain, p)}:
+        raise ConfigError(f"--config: '{path}' inherits from itself through base: {base}")
+    if not base_path.is_file():
+        raise ConfigError(f"--config: base: '{base}' of '{path}' does not exist (paths are relative to '{p.parent}')")
+    return {**load_yaml(base_path, (*_chain, p)), **items}
 
 
 def dump_yaml(cfg: TrainConfig) -> str:

@@ -8,6 +8,11 @@ Every network takes ``(x [N, d], task [N])`` so it works on flat batches and, ro
 - ``multi_head``: shared trunk, one output head per task. All heads are one ``Linear(hidden, K * out)`` (a single
   matmul for the whole batch); each row keeps its own task's slice. A head's parameters only receive gradient
   from its own task's rows: :meth:`TaskConditionedMLP.task_specific_params` names them for the combiners.
+
+Initialisation (``NetConfig.init``): ``torch`` keeps ``nn.Linear``'s default; ``he_uniform`` is metaworld-algorithms'
+(hidden weights ``U(+-sqrt(6 / fan_in))``, zero biases, the output layer's weights and biases ``U(+-head_scale)``:
+1e-3 for the actor, 3e-3 for the critic); ``xavier`` is facebookresearch/mtrl's (Xavier-uniform weights, zero
+biases, every layer).
 """
 
 from __future__ import annotations
@@ -38,16 +43,38 @@ def mlp(
     return nn.Sequential(*layers)
 
 
-class TaskConditionedMLP(nn.Module):
-    """An MLP ``[N, in] -> [N, out]`` conditioned on the task ids ``[N]``."""
+def init_linear(layers: list[nn.Linear], head: nn.Linear, scheme: str, head_scale: float) -> None:
+    """Initialise hidden ``layers`` and the output layer ``head`` in place by ``scheme`` (see the module docstring)."""
+    if scheme == "torch":
+        return
+    for layer in [*layers, head]:
+        if scheme == "xavier" or layer is not head:
+            if scheme == "xavier":
+                nn.init.xavier_uniform_(layer.weight)
+            else:  # he_uniform: U(+-sqrt(6 / fan_in)) = kaiming_uniform_ with the ReLU gain
+                nn.init.kaiming_uniform_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+        else:
+            nn.init.uniform_(layer.weight, -head_scale, head_scale)
+            nn.init.uniform_(layer.bias, -head_scale, head_scale)
 
-    def __init__(self, in_dim: int, out_dim: int, num_tasks: int, conditioning: str, cfg: NetConfig) -> None:
+
+class TaskConditionedMLP(nn.Module):
+    """An MLP ``[N, in] -> [N, out]`` conditioned on the task ids ``[N]``.
+
+    :param head_scale: bound of the output layer's uniform initialisation with ``cfg.init == "he_uniform"``.
+    """
+
+    def __init__(
+        self, in_dim: int, out_dim: int, num_tasks: int, conditioning: str, cfg: NetConfig, head_scale: float = 3e-3
+    ) -> None:
         super().__init__()
         self.num_tasks, self.out_dim, self.conditioning = num_tasks, out_dim, conditioning
         extra = num_tasks if conditioning == "one_hot" else 0
         self.trunk = mlp(in_dim + extra, cfg.hidden_dim, cfg.num_layers, layer_norm=cfg.layer_norm, dropout=cfg.dropout)
         heads = num_tasks if conditioning == "multi_head" else 1
         self.head = nn.Linear(cfg.hidden_dim, heads * out_dim)
+        init_linear([m for m in self.trunk if isinstance(m, nn.Linear)], self.head, cfg.init, head_scale)
         self.eye: Tensor
         self.register_buffer("eye", torch.eye(num_tasks), persistent=False)
 
@@ -76,15 +103,24 @@ def squash_log_prob(u: Tensor, mu: Tensor, log_std: Tensor) -> Tensor:
 
 
 class Actor(nn.Module):
-    """Tanh-Gaussian policy: ``a = tanh(mu + std * eps)``, log-std clamped to [-20, 2] (as SB3 and mtrl)."""
+    """Tanh-Gaussian policy: ``a = tanh(mu + std * eps)``, log-std bounded to [-20, 2].
 
-    def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, conditioning: str, cfg: NetConfig) -> None:
+    :param log_std: ``clamp``: clipped to the bounds (SB3, metaworld-algorithms); ``tanh``: squashed into them,
+        ``min + (max - min) (tanh(x) + 1) / 2`` (facebookresearch/mtrl, CleanRL).
+    """
+
+    def __init__(
+        self, obs_dim: int, act_dim: int, num_tasks: int, conditioning: str, cfg: NetConfig, log_std: str = "clamp"
+    ) -> None:
         super().__init__()
         self.act_dim = act_dim
-        self.net = TaskConditionedMLP(obs_dim, 2 * act_dim, num_tasks, conditioning, cfg)
+        self.squash_log_std = log_std == "tanh"
+        self.net = TaskConditionedMLP(obs_dim, 2 * act_dim, num_tasks, conditioning, cfg, head_scale=1e-3)
 
     def dist_params(self, obs: Tensor, task: Tensor) -> tuple[Tensor, Tensor]:
         mu, log_std = self.net(obs, task).chunk(2, dim=-1)  # [N, A] each
+        if self.squash_log_std:
+            return mu, LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1.0)
         return mu, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def forward(self, obs: Tensor, task: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:

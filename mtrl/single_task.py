@@ -23,7 +23,6 @@ import time
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -34,11 +33,10 @@ from stable_baselines3.common.logger import Logger
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from mtrl.config import ConfigError, TrainConfig, dump_yaml, to_flat
+from mtrl.config import ConfigError, TrainConfig, dump_yaml
 from mtrl.envs import benchmark_label, eval_seed, make_env
 from mtrl.evaluate import evaluate
-from mtrl.logger import write_hparams
-from mtrl.train import EpisodeLog, _update_meta, pick_device, prepare_run_dir
+from mtrl.train import EpisodeLog, _update_meta, pick_device, prepare_run_dir, record_final_success
 
 MODELS_DIR = "single_task"
 # SB3 logger key -> our TensorBoard key (mean over tasks)
@@ -170,7 +168,6 @@ def train_single_task(cfg: TrainConfig, *, command: str = "", progress: bool = T
     episodes = EpisodeLog(k)
     t0 = t_log = time.perf_counter()
     step_log, trained = 0, False
-    final: dict[str, Any] = {}
     bar = tqdm(total=cfg.total_steps, desc=run.name, unit="step", disable=not progress, dynamic_ncols=True)
     for step in range(cfg.total_steps):
         action = rng.uniform(-1.0, 1.0, (k, env.act_dim)) if step < cfg.warmup_steps else act(obs, False)
@@ -198,14 +195,13 @@ def train_single_task(cfg: TrainConfig, *, command: str = "", progress: bool = T
             for name, rate, rets in zip(names, result.per_task, result.returns):
                 writer.add_scalar(f"eval/success_rate/{name}", float(rate), done)
                 writer.add_scalar(f"eval/return/{name}", float(rets.mean()), done)
-            final = {"final_success_rate": result.mean}
             bar.set_postfix(success=f"{result.mean:.2f}")
         if done % cfg.checkpoint_interval == 0 or done == cfg.total_steps:
             save_models(models, names, run / MODELS_DIR)
             _update_meta(run, wall_clock_s=round(time.perf_counter() - t0, 2), final_step=done)
     bar.close()
     writer.close()
-    write_hparams(run, to_flat(cfg), final, step=cfg.total_steps)
+    record_final_success(run, cfg)
     env.close()
     eval_env.close()
     return run

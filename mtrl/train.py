@@ -160,9 +160,9 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
     if run is None:
         cfg, run = prepare_run_dir(cfg, k, command)
     else:
-        state = checkpoint.load(run, device)
+        state = checkpoint.load(run)  # CPU tensors: load_state_dict moves them to the device
         agent.load_state_dict(state["agent"])
-        buffer.load_state_dict(torch.load(run / BUFFER, map_location=device, weights_only=False))
+        buffer.load_state_dict(torch.load(run / BUFFER, map_location="cpu", weights_only=False))
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         start, wall_before = state["step"], state["wall_clock_s"]
@@ -190,7 +190,6 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
     episodes = EpisodeLog(k)
     t0, t_log, step_log = time.perf_counter(), time.perf_counter(), start
     logs: dict[str, torch.Tensor] = {}
-    final: dict[str, float] = {}
     evals_done = 0
     evaluator = (
         AsyncEvaluator(cfg.env, cfg.agent, cfg.seed, cfg.eval_episodes, eval_seed(cfg.seed)) if asynchronous else None
@@ -207,7 +206,6 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
         for name, rate, rets in zip(env.task_names, result.per_task, result.returns):
             writer.add_scalar(f"eval/success_rate/{name}", float(rate), step)
             writer.add_scalar(f"eval/return/{name}", float(rets.mean()), step)
-        final["final_success_rate"] = result.mean
         bar.set_postfix(success=f"{result.mean:.2f}")
 
     try:
@@ -266,14 +264,29 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
         for e in (env, eval_env, video_env):
             if e is not None:
                 e.close()
-    if final:
-        write_hparams(run, to_flat(cfg), final, step=cfg.total_steps)
+    record_final_success(run, cfg)
     return run
+
+
+def record_final_success(run: Path, cfg: TrainConfig) -> float | None:
+    """The run's final success by the rule of ``mtrl compare`` (:func:`mtrl.compare.final_success`: the evaluations
+    in the last 10% of the steps, never the max over training), from its event files (a resumed run's evaluations
+    before the resume count too); written to ``meta.yaml`` and as the TensorBoard HParams metric. None without
+    evaluations."""
+    from mtrl.compare import SUCCESS_TAG, final_success, read_scalars
+
+    curve = read_scalars(run, keep=lambda tag: tag == SUCCESS_TAG)
+    if curve.empty:
+        return None
+    value = final_success(curve["step"].to_numpy(), curve["value"].to_numpy(), cfg.total_steps)
+    _update_meta(run, final_success=round(value, 6))
+    write_hparams(run, to_flat(cfg), {"final_success": value}, step=cfg.total_steps)
+    return value
 
 
 def restore(path: str | Path, device: torch.device | str = "cpu") -> tuple[TrainConfig, MTSAC, dict[str, Any]]:
     """Rebuild the agent of a checkpoint (a run directory or checkpoint.pt): ``(config, agent, raw state)``."""
-    state = checkpoint.load(path, device)
+    state = checkpoint.load(path)
     cfg = from_flat(state["config"])
     agent = MTSAC(state["obs_dim"], state["act_dim"], len(state["task_names"]), cfg, torch.device(device))
     agent.load_state_dict(state["agent"])
@@ -281,8 +294,14 @@ def restore(path: str | Path, device: torch.device | str = "cpu") -> tuple[Train
 
 
 def main_message(run: Path) -> str:
+    """What ``mtrl train`` prints at the end: the final success and where everything went."""
+    from mtrl.compare import final_rule
+
+    meta = yaml.safe_load((run / "meta.yaml").read_text()) or {}
+    final = meta.get("final_success")
+    head = f"final success: {final:.3f} ({final_rule()})\n" if isinstance(final, (int, float)) else ""
     return (
-        f"run directory: {run}\n"
+        head + f"run directory: {run}\n"
         f"  TensorBoard:  tensorboard --logdir {run.parent}\n"
         f"  checkpoint:   {run / checkpoint.CHECKPOINT}\n"
         f"  evaluate:     mtrl evaluate {run}"

@@ -8,6 +8,10 @@ A loss is given as ``loss_rows(params, inputs) -> [N]``: one loss per batch row,
   the task axis, about the cost of one backward, since each task's loss only touches its own rows;
 - gradient space, uniform batch (unequal rows per task): K ``autograd.grad`` calls on one shared forward.
 
+With a uniform (not stratified) batch the per-task losses are the means over each task's rows, as mtrl's MTO
+agents compute them; the unitary combiners (``mean``, ``sum``: ``row_weighted``) then weight the rows instead, so that
+``mean`` is the plain batch mean, as mtrl's unitary baseline.
+
 Only the **shared** parameters go through the combiner; task-specific parameters (multi-head output heads) get
 ``mean_k grad L_k``, which is their own task's gradient at the ``mean`` combiner's scale.
 """
@@ -86,10 +90,16 @@ def combine_backward(
     k = combiner.num_tasks
     plist = list(params.values())
     if not combiner.requires_grads:
-        losses = task_mean(loss_rows(params, inputs) if rows is None else rows, task, k)  # [K]
+        rows = loss_rows(params, inputs) if rows is None else rows  # [N]
+        losses = task_mean(rows, task, k)  # [K]
         weighting = combiner(None, losses.detach())
         assert isinstance(weighting, Weighting)
-        total = (weighting.weights.detach() * losses).sum()
+        weights = weighting.weights.detach()
+        if not stratified and getattr(combiner, "row_weighted", False):
+            # unequal rows per task (uniform replay): task k's weight times K n_k / N, so that mean is the batch
+            # mean over rows (mtrl's unitary loss), not the mean of per-task means
+            weights = weights * torch.bincount(task, minlength=k).to(weights) * (k / task.numel())
+        total = (weights * losses).sum()
         for p, g in zip(plist, torch.autograd.grad(total, plist, allow_unused=True)):
             p.grad = g if g is not None else torch.zeros_like(p)
         return losses.detach()

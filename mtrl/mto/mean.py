@@ -15,10 +15,13 @@ class Mean(Combiner):
 
     .. math:: d = \frac{1}{K} \sum_k \nabla L_k
 
-    One backward of ``losses.mean()``; no per-task gradients.
+    One backward of ``losses.mean()``; no per-task gradients. With a uniform replay batch (unequal rows per task) it
+    is the mean over the batch's rows, as mtrl's unitary baseline (``row_weighted``, see :mod:`mtrl.mto.grads`).
     """
 
     requires_grads = False
+    #: with a uniform batch (unequal rows per task) the weights apply to rows: the batch mean (see mtrl.mto.grads)
+    row_weighted = True
 
     def forward(self, grads: Tensor | None, losses: Tensor) -> Weighting:
         self.check_finite(None, losses)

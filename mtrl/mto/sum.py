@@ -20,6 +20,8 @@ class Sum(Combiner):
     """
 
     requires_grads = False
+    #: with a uniform batch (unequal rows per task) the weights apply to rows: the batch mean (see mtrl.mto.grads)
+    row_weighted = True
 
     def forward(self, grads: Tensor | None, losses: Tensor) -> Weighting:
         self.check_num_tasks(grads, losses)

@@ -60,10 +60,16 @@ def test_save_then_load_gives_identical_actions(tmp_path):
     assert state["step"] == 300
 
 
-def test_resume_continues_the_step_count(tmp_path):
+def test_resume_continues_the_step_count(tmp_path, capsys):
     run = train(tiny(tmp_path, run_name="r"), progress=False)
     code = main(["train", "--resume", str(run), "--total_steps", "500", "--no-progress"])
     assert code == 0
+    out = capsys.readouterr().out
+    meta = yaml.safe_load((run / "meta.yaml").read_text())
+    evals = scalars(run)
+    last = float(evals[(evals.tag == "eval/success_rate") & (evals.step == 500)].value.iloc[0])
+    assert meta["final_success"] == pytest.approx(last, abs=1e-6)  # evaluations in the last 10%: only step 500
+    assert out.startswith(f"final success: {last:.3f} (mean of the evaluations in the last 10%")
     steps = scalars(run)
     crit = steps[steps.tag == "losses/critic"].step.to_numpy()
     assert crit.max() == 500 and np.all(np.diff(np.sort(crit)) > 0)  # continuous, no restart from 0

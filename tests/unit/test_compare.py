@@ -93,10 +93,17 @@ def two_methods(tmp_path: Path) -> Path:
     return root
 
 
-def test_final_success_is_mean_of_last_n_not_max(tmp_path: Path) -> None:
-    assert final_success([0.0, 1.0, 0.2, 0.4, 0.6], 3) == pytest.approx(0.4)
-    assert final_success([0.5], 3) == pytest.approx(0.5)
-    run = load_run(make_run(tmp_path, "r", [0.0, 1.0, 0.2, 0.4, 0.6]), last_n=3)
+def test_final_success_averages_the_last_part_of_the_run_not_the_max_nor_the_whole_curve(tmp_path: Path) -> None:
+    steps = [100, 200, 300, 400, 500]
+    assert final_success(steps, [0.0, 1.0, 0.2, 0.4, 0.6], 500, 0.5) == pytest.approx(0.4)  # steps >= 250
+    assert final_success(steps, [0.0, 1.0, 0.2, 0.4, 0.6], 500) == pytest.approx(0.6)  # default: last 10%
+    assert final_success([100], [0.5], 4000) == pytest.approx(0.5)  # at least the last evaluation
+    # the toy demo's curve: 4 evaluations, the last at 1.0; the whole-curve mean would say 0.76
+    assert final_success([1000, 2000, 3000, 4000], [0.45, 0.8, 0.8, 1.0], 4000) == pytest.approx(1.0)
+    dense = list(range(1000, 100_001, 1000))  # 100 evaluations: the last 10% of steps holds 11 of them
+    assert final_success(dense, [0.0] * 89 + [1.0] * 11, 100_000) == pytest.approx(1.0)
+    assert final_success(dense, [0.0] * 90 + [1.0] * 10, 100_000) == pytest.approx(10 / 11)
+    run = load_run(make_run(tmp_path, "r", [0.0, 1.0, 0.2, 0.4, 0.6]), final_window=0.5)
     assert run.final == pytest.approx(0.4)
     assert run.n_final == 3
     assert run.task_final["reach-v3"] == pytest.approx(0.525)
@@ -190,7 +197,7 @@ def test_method_labels_from_differing_keys() -> None:
 
 def test_compare_two_methods(two_methods: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = compare([two_methods], out=out, last_n=3, reps=500, seed=0)
+    result = compare([two_methods], out=out, final_window=0.5, reps=500, seed=0)
     assert len(result.settings) == 1 and not result.set_apart
     setting = result.settings[0]
     assert setting.baseline == "mean"
@@ -212,7 +219,7 @@ def test_compare_two_methods(two_methods: Path, tmp_path: Path) -> None:
 
     md = (out / "summary.md").read_text()
     assert md == result.summary
-    assert "mean of its last 3 evaluations" in md
+    assert "mean of the evaluations in the last 50% of the run's steps" in md
     rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| `")}
     lo, hi = pcgrad.iqm_ci
     assert rows["`pcgrad`"] == (
@@ -231,7 +238,7 @@ def test_identical_methods_have_poi_one_half(tmp_path: Path) -> None:
     for seed, v in enumerate([0.2, 0.4, 0.6, 0.8], start=1):
         make_run(root, f"a{seed}", spike_then(v), seed=seed)
         make_run(root, f"b{seed}", spike_then(v), seed=seed, combiner="famo")
-    result = compare([root], out=tmp_path / "out", last_n=3, reps=300)
+    result = compare([root], out=tmp_path / "out", final_window=0.5, reps=300)
     (famo,) = [m for m in result.settings[0].methods if m.label == "famo"]
     assert famo.poi == 0.5
     assert famo.poi_ci is not None and famo.poi_ci[0] < 0.5 < famo.poi_ci[1]
@@ -245,7 +252,7 @@ def test_different_settings_are_set_apart(two_methods: Path, tmp_path: Path) -> 
     unfinished = make_run(other, "unfinished", [0.1, 0.2], seed=7)
     warnings: list[str] = []
     out = tmp_path / "out"
-    result = compare([two_methods, other], out=out, last_n=3, reps=200, warn=warnings.append)
+    result = compare([two_methods, other], out=out, final_window=0.5, reps=200, warn=warnings.append)
 
     assert [s.n_runs for s in result.settings] == [8, 1, 1]
     assert {m.label for m in result.settings[0].methods} == {"mean", "pcgrad"}
@@ -277,12 +284,15 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert cli([str(tmp_path / "only"), "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("mtrl compare: error:")
     assert cli(["--help"]) == 0
-    assert "--last-n" in capsys.readouterr().out
+    assert "--final-window" in capsys.readouterr().out
 
 
 def test_cli_prints_table(two_methods: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cmp"
-    assert cli([str(two_methods), "--out", str(out), "--last-n", "3", "--reps", "200", "--baseline", "pcgrad"]) == 0
+    assert (
+        cli([str(two_methods), "--out", str(out), "--final-window", "0.5", "--reps", "200", "--baseline", "pcgrad"])
+        == 0
+    )
     stdout = capsys.readouterr().out
     assert "| `pcgrad` | 4 |" in stdout and "P(improve over pcgrad)" in stdout
     assert "| `mean` | 4 | 0.25 [" in stdout and "0.00 [0.00, 0.00]" in stdout
@@ -305,8 +315,8 @@ def test_write_hparams_is_read_back_by_tbparse(tmp_path: Path) -> None:
 
 
 def test_compare_writes_missing_hparams(two_methods: Path, tmp_path: Path) -> None:
-    compare([two_methods], out=tmp_path / "out", last_n=3, reps=50, hparams=True)
+    compare([two_methods], out=tmp_path / "out", final_window=0.5, reps=50, hparams=True)
     runs = sorted(p for p in two_methods.iterdir())
     assert all(len(list(r.glob("*.hparams"))) == 1 for r in runs)
-    again = compare([two_methods], out=tmp_path / "out", last_n=3, reps=50)
+    again = compare([two_methods], out=tmp_path / "out", final_window=0.5, reps=50)
     assert [m.finals.tolist() for m in again.settings[0].methods] == [MEAN_FINALS, PCGRAD_FINALS]

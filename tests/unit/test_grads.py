@@ -79,6 +79,31 @@ def test_mean_combiner_equals_plain_backward_of_the_mean_loss():
         assert torch.allclose(p.grad, g, atol=1e-7), name
 
 
+def test_uniform_batch_mean_is_the_batch_mean_and_other_combiners_keep_task_means():
+    """mtrl's unitary loss with uniform replay is the mean over the batch's rows, whatever the per-task counts."""
+    from mtrl.mto.fixed import Fixed
+    from mtrl.mto.sum import Sum
+
+    agent, _, obs, act = _setup("one_hot")
+    task = torch.tensor([0] * 20 + [1] * 7 + [2] * 3 + [3] * 2)  # unequal rows per task, as a uniform sample has
+    target = torch.randn(K * M)
+    params = dict(agent.critic.named_parameters())
+    inputs = (obs, act, target, task)
+    rows = agent._critic_rows(params, inputs).detach()
+    for combiner, scale in ((Mean(K), 1.0), (Sum(K), float(K))):
+        expected = torch.autograd.grad(agent._critic_rows(params, inputs).mean() * scale, list(params.values()))
+        combine_backward(agent._critic_rows, params, inputs, task, combiner, stratified=False)
+        for (name, p), g in zip(params.items(), expected):
+            assert torch.allclose(p.grad, g, atol=1e-6), (str(combiner), name)
+    assert not torch.allclose(rows.mean(), task_mean(rows, task, K).mean())  # the two means differ here
+    weights = torch.tensor([0.4, 0.3, 0.2, 0.1])  # static scalarization keeps the per-task means (mtrl's MTO agents)
+    live = task_mean(agent._critic_rows(params, inputs), task, K)
+    expected = torch.autograd.grad((weights * live).sum(), list(params.values()))
+    combine_backward(agent._critic_rows, params, inputs, task, Fixed(K, weights=weights.tolist()), stratified=False)
+    for (name, p), g in zip(params.items(), expected):
+        assert torch.allclose(p.grad, g, atol=1e-6), name
+
+
 class _GradSpaceMean(Combiner):
     """The mean, computed in gradient space: exercises the vmap path and the write-back."""
 

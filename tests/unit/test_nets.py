@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
 from mtrl.config import NetConfig
@@ -83,3 +84,49 @@ def test_actor_and_critic_shapes_and_bounds():
     q1, q2 = TwinQ(6, 4, 3, "one_hot", cfg)(obs, action, task)
     assert q1.shape == q2.shape == (9,)
     assert actor.task_specific_params() == {"net.head.weight", "net.head.bias"}
+
+
+@pytest.mark.parametrize("conditioning", ["one_hot", "multi_head"])
+def test_he_uniform_init_is_the_reference_init(conditioning):
+    """metaworld-algorithms: He-uniform hidden weights, zero biases, output layer U(+-1e-3) (actor) / U(+-3e-3)."""
+    torch.manual_seed(0)
+    cfg = NetConfig(hidden_dim=400, num_layers=3, init="he_uniform")
+    actor, critic = Actor(39, 4, 10, conditioning, cfg), TwinQ(39, 4, 10, conditioning, cfg)
+    for net, head_scale in ((actor.net, 1e-3), (critic.q1, 3e-3), (critic.q2, 3e-3)):
+        hidden = [m for m in net.trunk if isinstance(m, nn.Linear)]
+        assert len(hidden) == 3
+        for layer in hidden:
+            bound = math.sqrt(6.0 / layer.in_features)
+            w = layer.weight.detach()
+            assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+            assert abs(float(w.std()) - bound / math.sqrt(3)) < 0.02 * bound  # uniform, not e.g. normal
+            assert torch.count_nonzero(layer.bias) == 0
+        assert net.head.weight.abs().max() <= head_scale and net.head.weight.abs().max() > 0.9 * head_scale
+        assert net.head.bias.abs().max() <= head_scale and torch.count_nonzero(net.head.bias) == net.head.bias.numel()
+
+
+def test_xavier_and_torch_inits():
+    torch.manual_seed(0)
+    net = TaskConditionedMLP(39, 8, 10, "none", NetConfig(hidden_dim=400, num_layers=2, init="xavier"))
+    for layer in [m for m in net.trunk if isinstance(m, nn.Linear)] + [net.head]:
+        bound = math.sqrt(6.0 / (layer.in_features + layer.out_features))
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.95 * bound
+        assert torch.count_nonzero(layer.bias) == 0
+    default = TaskConditionedMLP(39, 8, 10, "none", NetConfig(hidden_dim=400, num_layers=2))
+    first = default.trunk[0]
+    assert torch.count_nonzero(first.bias) > 0  # nn.Linear's own init: U(+-1/sqrt(fan_in)) biases
+    assert first.weight.abs().max() <= 1 / math.sqrt(first.in_features)
+
+
+def test_tanh_log_std_is_squashed_into_the_bounds():
+    actor = Actor(3, 2, 1, "none", NetConfig(hidden_dim=8), log_std="tanh")
+    with torch.no_grad():
+        actor.net.head.bias.copy_(torch.tensor([0.0, 0.0, -1e4, 1e4]))  # mu, mu, log_std, log_std
+        actor.net.head.weight.zero_()
+    mu, log_std = actor.dist_params(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long))
+    assert torch.allclose(log_std, torch.tensor([[-20.0, 2.0]]))
+    with torch.no_grad():
+        actor.net.head.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 0.5]))
+    _, log_std = actor.dist_params(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long))
+    expected = -20.0 + 11.0 * (torch.tanh(torch.tensor([0.0, 0.5])) + 1.0)  # mtrl: min + (max - min)(tanh + 1) / 2
+    assert torch.allclose(log_std[0], expected)
