@@ -86,3 +86,57 @@ def test_every_preset_builds_its_combiner_for_its_benchmark(preset):
     cfg = from_flat(load_yaml(preset))
     combiner = cfg.combiner.build(cfg.env.num_tasks)
     assert combiner.num_tasks == cfg.env.num_tasks
+
+
+def test_presets_inherit_through_base(tmp_path):
+    (tmp_path / "a.yaml").write_text("# a\nseed: 3\ntotal_steps: 100\nagent.actor.lr: 0.001\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yaml").write_text("# b\nbase: ../a.yaml\ntotal_steps: 200\n")
+    (tmp_path / "c.yaml").write_text("# c\nbase: sub/b.yaml\nseed: 4\n")
+    cfg = from_flat(load_yaml(tmp_path / "c.yaml"))
+    assert (cfg.seed, cfg.total_steps, cfg.agent.actor.lr) == (4, 200, 0.001)
+    (tmp_path / "loop.yaml").write_text("base: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="inherits from itself"):
+        load_yaml(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="base: 'nowhere.yaml' of .* does not exist"):
+        load_yaml(tmp_path / "orphan.yaml")
+
+
+def test_per_combiner_presets_hold_only_their_differences():
+    for preset in PRESETS:
+        if preset.name.startswith(("mt10_", "mt50_")) and preset.name not in ("mt10_unitary.yaml", "mt10_legacy.yaml"):
+            keys = [line for line in preset.read_text().splitlines() if line and not line.startswith("#")]
+            assert keys[0].startswith("base: ") and len(keys) <= 8, preset.name
+
+
+def test_reference_presets_carry_the_reference_settings():
+    ref = from_flat(load_yaml(Path(__file__).parents[2] / "configs" / "mt10_pcgrad.yaml"))  # via mt10_unitary
+    assert (ref.agent.adam_eps, ref.agent.actor.init, ref.agent.critic.init) == (1e-5, "he_uniform", "he_uniform")
+    assert (ref.agent.actor.max_grad_norm, ref.agent.critic.max_grad_norm, ref.agent.q_value_max) == (1.0, 1.0, 5000)
+    legacy = from_flat(load_yaml(Path(__file__).parents[2] / "configs" / "mt10_legacy.yaml"))
+    assert (legacy.agent.log_std, legacy.agent.alpha_loss, legacy.agent.actor.init) == ("tanh", "alpha", "xavier")
+    assert legacy.agent.actor.max_grad_norm == 0 and legacy.buffer.kind == "uniform"
+
+
+@pytest.mark.parametrize(
+    "benchmark,k",
+    [("toy", 4), ("MT10", 10), ("MT50", 50), ("MT1-push-v3", 1), ("reach-v3,push-v3,window-open-v3", 3), ("push-v3", 1)],
+)
+def test_benchmark_task_counts(benchmark, k):
+    assert from_flat({"env.benchmark": benchmark}).env.num_tasks == k
+
+
+@pytest.mark.parametrize(
+    "benchmark,message",
+    [
+        ("reach-v3,reach-v3", "task 'reach-v3' is listed twice"),
+        ("reach-v3,,push-v3", "env.benchmark: got 'reach-v3,,push-v3'"),
+        ("MT1-", "env.benchmark: got 'MT1-'"),
+        ("reach,push", "env.benchmark: got 'reach,push'"),
+    ],
+)
+def test_bad_benchmarks(benchmark, message):
+    with pytest.raises(ConfigError, match=message):
+        from_flat({"env.benchmark": benchmark})
