@@ -137,7 +137,14 @@ class MultiTaskReplay:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict`; ``ValueError`` when its shape does not fit this buffer."""
         n = state["size"]
+        saved, here = tuple(state["obs"].shape), (self.num_tasks, n, self.obs.shape[-1])
+        if saved != here or n > self.per_task or tuple(state["act"].shape[::2]) != (self.num_tasks, self.act.shape[-1]):
+            raise ValueError(
+                f"replay of shape {saved} (tasks, rows, obs) does not fit {self.num_tasks} tasks x "
+                f"{self.per_task} rows x {self.obs.shape[-1]} obs"
+            )
         for name in ("obs", "act", "rew", "next_obs", "done"):
             getattr(self, name)[:, :n] = state[name].to(self.device)
         self.pos, self.size = state["pos"], n

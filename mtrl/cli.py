@@ -12,14 +12,15 @@ import sys
 import textwrap
 from pathlib import Path
 
-from mtrl.config import ConfigError, dump_yaml, from_flat, help_rows, load_yaml, to_flat
+from mtrl.config import ConfigError, from_flat, help_rows, load_yaml, to_flat
 
 USAGE_TRAIN = """usage: mtrl train [--config PRESET.yaml] [--resume RUN_DIR] [--no-progress] [--KEY VALUE ...]
 
 Train multi-task SAC. With no arguments: the embedded default (4-task toy env, a few minutes on a CPU).
 Values come from the defaults below, then --config (a flat YAML preset from configs/), then --KEY VALUE pairs.
 --resume RUN_DIR continues a run from its last checkpoint with its saved config.yaml (only total_steps may be
-changed, to extend it). Output: runs/<run_name>/ holds TensorBoard events, config.yaml, meta.yaml, checkpoint.pt.
+changed, to extend it). Output: runs/<run_name>/ holds TensorBoard events, config.yaml, meta.yaml, checkpoints/.
+Ctrl-C or SIGTERM finishes the current step, writes a checkpoint and exits (130 / 143); a second Ctrl-C aborts.
 """
 
 
@@ -100,8 +101,6 @@ def cmd_train(argv: list[str]) -> int:
                 f"--resume: {k} differs from the run's config.yaml (run: {before.get(k)!r}, given: {after[k]!r}); "
                 "only total_steps may change when resuming"
             )
-        if cfg.total_steps != saved.total_steps:
-            (run / "config.yaml").write_text(dump_yaml(cfg))
     else:
         base = from_flat(load_yaml(str(opts["config"]))) if "config" in opts else None
         cfg = from_flat(overrides, base)
@@ -116,7 +115,9 @@ def cmd_evaluate(argv: list[str]) -> int:
         description="Evaluate a checkpoint with the deterministic policy on its own benchmark and protocol; prints "
         "the success rate per task and the mean (success = the task's success flag at any step of an episode).",
     )
-    parser.add_argument("checkpoint", help="a run directory or its checkpoint.pt")
+    parser.add_argument(
+        "checkpoint", help="a run directory (its newest checkpoint), a checkpoint folder or its checkpoint.pt"
+    )
     parser.add_argument("--episodes", type=int, default=None, help="episodes per task (default: the run's)")
     parser.add_argument(
         "--seed",
@@ -162,7 +163,9 @@ def cmd_record(argv: list[str]) -> int:
         description="Render deterministic rollouts of a checkpoint to videos/<run_name>/<task>__ep<i>.mp4 "
         "(headless: MUJOCO_GL=egl with a GPU, osmesa on CPU).",
     )
-    parser.add_argument("checkpoint", help="a run directory or its checkpoint.pt")
+    parser.add_argument(
+        "checkpoint", help="a run directory (its newest checkpoint), a checkpoint folder or its checkpoint.pt"
+    )
     parser.add_argument("--tasks", nargs="+", default=None, help="task names to record (default: all)")
     parser.add_argument("--episodes", type=int, default=1, help="episodes per task (default: 1)")
     parser.add_argument("--out", default="videos", help="parent folder of the videos (default: videos)")
@@ -247,14 +250,20 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"mtrl: error: unknown command '{name}'; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    from mtrl.checkpoint import CheckpointError
+    from mtrl.checkpoint import CheckpointError, CheckpointWriteError
     from mtrl.evaluate import EvalWorkerError
     from mtrl.mto.base import NonFiniteError
-    from mtrl.train import RunDirError
+    from mtrl.train import Interrupted, RunDirError
     from mtrl.video import VideoError
 
     try:
         return COMMANDS[name](rest)
+    except Interrupted as exc:  # the conventional 128 + signal number (SIGINT 130, SIGTERM 143)
+        print(f"mtrl {name}: stopped by {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    except CheckpointWriteError as exc:
+        print(f"mtrl {name}: error: {exc}; training stopped", file=sys.stderr)
+        return 1
     except (UsageError, ConfigError, CheckpointError, RunDirError, VideoError) as exc:
         print(f"mtrl {name}: error: {exc}", file=sys.stderr)
         return 2

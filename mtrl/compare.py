@@ -191,6 +191,10 @@ def _scalar_value(value: Any) -> float | None:
     return None
 
 
+_SESSION_START = 1
+"""``SessionLog.START``: the status of the purge mark a resumed ``SummaryWriter(purge_step=...)`` writes."""
+
+
 def _iter_event_file(path: Path) -> Iterable[Any]:
     """Events of one TFRecord event file; a truncated last record (a run still writing) ends the file."""
     from google.protobuf.message import DecodeError
@@ -215,15 +219,21 @@ def read_scalars(run_dir: str | Path, keep: Callable[[str], bool] | None = None)
     tag then step; the same rows as ``tbparse.SummaryReader(event_file).scalars`` (a test checks this).
 
     Only ``events.out.tfevents.*`` files in the folder itself are read (not checkpoints, videos or sub-folders).
-    When a step of a tag was logged twice (a resumed run), the later write wins. The records are parsed here
+    A resumed run starts its event file with a purge mark at its checkpoint's step (``SummaryWriter(purge_step=)``):
+    as in TensorBoard, everything written before the mark at that step or later (the interrupted segment's steps
+    after its checkpoint) is dropped. When a step of a tag was still logged twice, the later write wins. The records
+    are parsed here
     without checksums because tbparse (via TensorBoard's pure-Python CRC32C) needs about 9 s for a 2M-step MT10 run,
     this about 0.4 s.
 
     :param keep: tags to keep (default: all).
     """
     rows: list[tuple[int, str, float, float]] = []
+    purges: list[tuple[float, int]] = []  # (wall time, step) of each resume's purge mark
     for f in sorted(Path(run_dir).glob("events.out.tfevents.*")):
         for event in _iter_event_file(f):
+            if event.HasField("session_log") and event.session_log.status == _SESSION_START:
+                purges.append((event.wall_time, event.step))
             if not event.HasField("summary"):
                 continue
             for value in event.summary.value:
@@ -233,6 +243,8 @@ def read_scalars(run_dir: str | Path, keep: Callable[[str], bool] | None = None)
                 if number is not None:
                     rows.append((event.step, value.tag, number, event.wall_time))
     df = pd.DataFrame(rows, columns=["step", "tag", "value", "wall_time"])
+    for wall, step in purges:
+        df = df[~((df["wall_time"] < wall) & (df["step"] >= step))]
     df = df.sort_values("wall_time", kind="stable").drop_duplicates(["tag", "step"], keep="last")
     return df.sort_values(["tag", "step"], kind="stable").reset_index(drop=True)[["step", "tag", "value"]]
 

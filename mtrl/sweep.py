@@ -224,9 +224,10 @@ def checkpoint_step(run: Path) -> int | None:
     ``final_step`` of meta.yaml, written with their model zips)."""
     from mtrl import checkpoint
 
-    if (run / checkpoint.CHECKPOINT).is_file():
+    unit = checkpoint.latest(run)
+    if unit is not None:
         try:
-            return int(checkpoint.load(run)["step"])
+            return int(checkpoint.load(unit)["step"])
         except (checkpoint.CheckpointError, KeyError, TypeError, ValueError):
             return None
     if (run / "single_task").is_dir() and (run / "meta.yaml").is_file():

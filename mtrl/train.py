@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import shutil
+import signal
 import subprocess
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
+from types import FrameType
 from typing import Any, Literal
 
 import numpy as np
@@ -21,6 +28,7 @@ from tqdm import tqdm
 from mtrl import checkpoint
 from mtrl.agents.mtsac import MTSAC
 from mtrl.buffers import MultiTaskReplay
+from mtrl.checkpoint import CheckpointError
 from mtrl.config import ConfigError, TrainConfig, dump_yaml, from_flat, to_flat
 from mtrl.envs import StepResult, benchmark_label, eval_seed, make_env
 from mtrl.envs.gl import ensure_gl_backend
@@ -28,8 +36,6 @@ from mtrl.evaluate import AsyncEvaluator, EvalResult, evaluate
 from mtrl.logger import add_gif, write_hparams
 from mtrl.utils import keep_freed_memory
 from mtrl.video import frames_for_tensorboard
-
-BUFFER = "buffer.pt"
 
 
 class RunDirError(RuntimeError):
@@ -112,17 +118,72 @@ def prepare_run_dir(cfg: TrainConfig, num_tasks: int, command: str) -> tuple[Tra
         raise RunDirError(
             f"run_name: '{run}' exists already; choose another --run_name or continue it with --resume {run}"
         )
-    run.mkdir(parents=True)
-    (run / "config.yaml").write_text(dump_yaml(cfg))
-    (run / "command.txt").write_text(command + "\n")
-    (run / "meta.yaml").write_text(yaml.safe_dump(_run_metadata(cfg), sort_keys=False))
+    run.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{run.name}.tmp-", dir=run.parent))  # the run appears whole or not
+    (staging / "config.yaml").write_text(dump_yaml(cfg))
+    (staging / "command.txt").write_text(command + "\n")
+    (staging / "meta.yaml").write_text(yaml.safe_dump(_run_metadata(cfg), sort_keys=False))
+    try:
+        os.rename(staging, run)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RunDirError(f"run_name: '{run}' exists already; choose another --run_name") from None
     return cfg, run
 
 
 def _update_meta(run: Path, **fields: Any) -> None:
     meta = yaml.safe_load((run / "meta.yaml").read_text()) or {}
     meta.update(fields)
-    (run / "meta.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    checkpoint.write_text_atomic(run / "meta.yaml", yaml.safe_dump(meta, sort_keys=False))
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped training after a checkpoint was written; the message is one line."""
+
+    def __init__(self, signum: int, step: int, run: Path) -> None:
+        self.signum, self.step, self.run = signum, step, run
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} at step {step}: checkpoint written; resume with: mtrl train --resume {run}")
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[list[int]]:
+    """While inside, SIGINT and SIGTERM only record their number in the yielded list (the loop finishes its step,
+    checkpoints and raises :class:`Interrupted`); a second signal aborts at once (``KeyboardInterrupt``). Outside the
+    main thread signals cannot be caught and the handlers are left alone."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if received:  # the second one: stop now
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _resume_state(run: Path, cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The validated (agent state, replay state) of a run's newest checkpoint, or None when it has none yet (killed
+    before its first checkpoint: it starts again from step 0). Reads only; raises one-line errors."""
+    if checkpoint.latest(run) is None:
+        return None
+    state_file = checkpoint.resolve(run)
+    state = checkpoint.load(state_file)
+    if cfg.total_steps < state["step"]:
+        raise ConfigError(
+            f"total_steps: got {cfg.total_steps}, but the checkpoint of '{run}' is at step {state['step']}; "
+            f"expected at least {state['step']}"
+        )
+    return state, checkpoint.load_buffer(state_file, state["step"])
 
 
 def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progress: bool = True) -> Path:
@@ -157,23 +218,37 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
     )  # fmt: skip
     rng = np.random.default_rng(cfg.seed)
     start, wall_before = 0, 0.0
+    resuming = run is not None
     if run is None:
         cfg, run = prepare_run_dir(cfg, k, command)
-    else:
-        state = checkpoint.load(run)  # CPU tensors: load_state_dict moves them to the device
-        agent.load_state_dict(state["agent"])
-        buffer.load_state_dict(torch.load(run / BUFFER, map_location="cpu", weights_only=False))
-        rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        start, wall_before = state["step"], state["wall_clock_s"]
-    writer = SummaryWriter(str(run))
+    else:  # everything is read and checked before anything in the run directory changes
+        resumed = _resume_state(run, cfg)
+        if resumed is not None:
+            state, buffer_state = resumed  # CPU tensors: load_state_dict moves them to the device
+            try:
+                agent.load_state_dict(state["agent"])
+                buffer.load_state_dict(buffer_state)
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise CheckpointError(
+                    f"checkpoint: '{checkpoint.latest(run)}' does not fit the run's config ({_first_line(exc)})"
+                ) from None
+            rng.bit_generator.state = state["numpy_rng"]
+            torch.set_rng_state(state["torch_rng"])
+            start, wall_before = state["step"], state["wall_clock_s"]
+        checkpoint.clean_partial(run)
+        if from_flat(yaml.safe_load((run / "config.yaml").read_text())) != cfg:  # total_steps extended
+            checkpoint.write_text_atomic(run / "config.yaml", dump_yaml(cfg))
+    # purge_step: TensorBoard (and mtrl compare) drop what an interrupted segment logged after its checkpoint; what
+    # it logged at the checkpoint's step stays (logs and evaluations of a step are written before its checkpoint)
+    writer = SummaryWriter(str(run), purge_step=start + 1 if resuming else None)
     if start == 0:
         writer.add_text("config", "```\n" + dump_yaml(cfg) + "```")
+    saved_at = start
 
-    def save(step: int, wall: float) -> None:
-        checkpoint.save_atomic(buffer.state_dict(), run / BUFFER)
+    def save(step: int) -> None:
+        nonlocal saved_at
+        wall = wall_before + time.perf_counter() - t0
         state = {
-            "step": step,
             "wall_clock_s": wall,
             "config": to_flat(cfg),
             "agent": agent.state_dict(),
@@ -183,8 +258,9 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
             "obs_dim": env.obs_dim,
             "act_dim": env.act_dim,
         }
-        checkpoint.save_atomic(state, run / checkpoint.CHECKPOINT)
+        checkpoint.save(run, step, state, buffer.state_dict())
         _update_meta(run, wall_clock_s=round(wall, 2), final_step=step)
+        saved_at = step
 
     obs = env.reset(cfg.seed + start)
     episodes = EpisodeLog(k)
@@ -208,7 +284,9 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
             writer.add_scalar(f"eval/return/{name}", float(rets.mean()), step)
         bar.set_postfix(success=f"{result.mean:.2f}")
 
-    try:
+    with contextlib.ExitStack() as stack:
+        stop = stack.enter_context(stop_on_signals())
+        stack.callback(_close_all, evaluator, bar, writer, (env, eval_env, video_env))
         for step in range(start, cfg.total_steps):
             action = rng.uniform(-1.0, 1.0, (k, env.act_dim)) if step < cfg.warmup_steps else agent.act(obs)
             res = env.step(action)
@@ -251,21 +329,32 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
                 for at, result in evaluator.poll():
                     log_eval(at, result)
             if checkpoint_due:
-                save(done, wall_before + time.perf_counter() - t0)
+                save(done)
+            if stop:  # SIGINT / SIGTERM: this step is done; checkpoint it and stop
+                if saved_at != done:
+                    save(done)
+                raise Interrupted(stop[0], done, run)
         if evaluator is not None and evaluator.pending:
             bar.set_postfix_str(f"waiting for {evaluator.pending} evaluation(s)")
             for at, result in evaluator.wait():
                 log_eval(at, result)
-    finally:
-        if evaluator is not None:
-            evaluator.close()
-        bar.close()
-        writer.close()
-        for e in (env, eval_env, video_env):
-            if e is not None:
-                e.close()
     record_final_success(run, cfg)
     return run
+
+
+def _close_all(evaluator: AsyncEvaluator | None, bar: tqdm, writer: SummaryWriter, envs: tuple[Any, ...]) -> None:
+    """End the evaluation worker, the progress bar, the event file and the envs (with their worker processes)."""
+    if evaluator is not None:
+        evaluator.close()
+    bar.close()
+    writer.close()
+    for e in envs:
+        if e is not None:
+            e.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split("\n")[0].split())[:300]
 
 
 def record_final_success(run: Path, cfg: TrainConfig) -> float | None:
@@ -285,7 +374,8 @@ def record_final_success(run: Path, cfg: TrainConfig) -> float | None:
 
 
 def restore(path: str | Path, device: torch.device | str = "cpu") -> tuple[TrainConfig, MTSAC, dict[str, Any]]:
-    """Rebuild the agent of a checkpoint (a run directory or checkpoint.pt): ``(config, agent, raw state)``."""
+    """Rebuild the agent of a checkpoint (a run directory, a checkpoint folder or its checkpoint.pt):
+    ``(config, agent, raw state)``."""
     state = checkpoint.load(path)
     cfg = from_flat(state["config"])
     agent = MTSAC(state["obs_dim"], state["act_dim"], len(state["task_names"]), cfg, torch.device(device))
@@ -303,7 +393,7 @@ def main_message(run: Path) -> str:
     return (
         head + f"run directory: {run}\n"
         f"  TensorBoard:  tensorboard --logdir {run.parent}\n"
-        f"  checkpoint:   {run / checkpoint.CHECKPOINT}\n"
+        f"  checkpoint:   {checkpoint.latest(run) or run / checkpoint.CHECKPOINTS}\n"
         f"  evaluate:     mtrl evaluate {run}"
     )
 

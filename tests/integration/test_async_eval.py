@@ -138,4 +138,4 @@ def test_training_that_fails_stops_the_worker(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, "fail", eval_mode="async")
     assert not multiprocessing.active_children()
-    assert (tmp_path / "fail" / "checkpoint.pt").is_file()
+    assert (tmp_path / "fail" / "checkpoints" / "latest").is_file()

@@ -10,6 +10,7 @@ import torch
 import yaml
 from tbparse import SummaryReader
 
+from mtrl import checkpoint
 from mtrl.sweep import cli, load_spec, weight_vectors
 from mtrl.train import train
 
@@ -42,7 +43,7 @@ def write_spec(tmp_path: Path, **spec) -> Path:
 
 
 def step_of(run: Path) -> int:
-    return torch.load(run / "checkpoint.pt", weights_only=False)["step"]
+    return checkpoint.load(run)["step"]
 
 
 def statuses(out: str) -> dict[str, str]:
@@ -56,7 +57,7 @@ def test_sweep_starts_resumes_restarts_then_skips(tmp_path, capsys):
     # an interrupted run: mean__s1 stopped at step 100 of the spec's 150
     (mean_s1,) = [r for r in load_spec(spec, threads=1).runs if r.name == "mean__s1"]
     train(replace(mean_s1.cfg, total_steps=100), progress=False)
-    # a run that crashed before its first checkpoint: a directory without checkpoint.pt
+    # a run that crashed before its first checkpoint: a directory without checkpoints/
     (sweep_dir / "wd__s2").mkdir()
     (sweep_dir / "wd__s2" / "config.yaml").write_text("crashed\n")
 
@@ -79,10 +80,10 @@ def test_sweep_starts_resumes_restarts_then_skips(tmp_path, capsys):
     saved = yaml.safe_load((sweep_dir / "mean__s2" / "config.yaml").read_text())
     assert saved["threads"] >= 1 and saved["seed"] == 2 and saved["agent.actor.hidden_dim"] == 32
 
-    mtimes = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/checkpoint.pt")}
+    mtimes = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/checkpoints/latest")}
     assert cli([str(spec), "--workers", "2"]) == 0
     assert set(statuses(capsys.readouterr().out).values()) == {"skipped"}
-    assert mtimes == {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/checkpoint.pt")}
+    assert mtimes == {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/checkpoints/latest")}
 
 
 def test_a_failing_run_is_reported_and_the_exit_code_is_1(tmp_path, capsys):

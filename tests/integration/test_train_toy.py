@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from tbparse import SummaryReader
 from toyruns import TINY
 
+from mtrl import checkpoint
 from mtrl.cli import main
 from mtrl.config import from_flat
 from mtrl.train import restore, train
@@ -27,8 +27,11 @@ def scalars(run: Path):
 def test_train_writes_events_config_checkpoint_and_meta(tmp_path):
     run = train(tiny(tmp_path, run_name="a"), progress=False)
     assert run == tmp_path / "runs" / "a"
-    for name in ("config.yaml", "command.txt", "meta.yaml", "checkpoint.pt", "buffer.pt"):
+    for name in ("config.yaml", "command.txt", "meta.yaml", "checkpoints/latest"):
         assert (run / name).is_file(), name
+    unit = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    assert unit.name == "step_0000000300" and {p.name for p in unit.iterdir()} == {"checkpoint.pt", "buffer.pt"}
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_0000000200", "step_0000000300"]
     tags = set(scalars(run).tag)
     assert {"eval/success_rate", "charts/sps", "losses/critic", "losses/actor", "losses/alpha"} <= tags
     assert {"eval/success_rate/reach-0", "eval/return/reach-3", "alpha/reach-0"} <= tags
@@ -53,7 +56,7 @@ def test_save_then_load_gives_identical_actions(tmp_path):
     cfg = tiny(tmp_path, run_name="s")
     run = train(cfg, progress=False)
     _, agent, state = restore(run)
-    _, again, _ = restore(run / "checkpoint.pt")
+    _, again, _ = restore(run / "checkpoints" / "step_0000000300" / "checkpoint.pt")
     obs = np.random.default_rng(0).uniform(-1, 1, (4, 2)).astype(np.float32)
     assert np.array_equal(agent.act(obs, deterministic=True), again.act(obs, deterministic=True))
     assert np.array_equal(agent.act(obs), again.act(obs))  # the exploration generator is restored too
@@ -73,7 +76,7 @@ def test_resume_continues_the_step_count(tmp_path, capsys):
     steps = scalars(run)
     crit = steps[steps.tag == "losses/critic"].step.to_numpy()
     assert crit.max() == 500 and np.all(np.diff(np.sort(crit)) > 0)  # continuous, no restart from 0
-    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 500
+    assert checkpoint.load(run)["step"] == 500
 
 
 def _fail(capsys, argv):
@@ -184,7 +187,7 @@ def test_non_finite_combiner_input_stops_training_and_keeps_the_last_checkpoint(
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1
     assert "non-finite loss for task 2" in err and "last good checkpoint is kept" in err
-    state = torch.load(tmp_path / "runs" / "nan" / "checkpoint.pt", weights_only=False)
+    state = checkpoint.load(tmp_path / "runs" / "nan")
     assert state["step"] == 200  # written at step 200, nothing after the failure
 
 

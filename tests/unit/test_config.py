@@ -122,7 +122,14 @@ def test_reference_presets_carry_the_reference_settings():
 
 @pytest.mark.parametrize(
     "benchmark,k",
-    [("toy", 4), ("MT10", 10), ("MT50", 50), ("MT1-push-v3", 1), ("reach-v3,push-v3,window-open-v3", 3), ("push-v3", 1)],
+    [
+        ("toy", 4),
+        ("MT10", 10),
+        ("MT50", 50),
+        ("MT1-push-v3", 1),
+        ("reach-v3,push-v3,window-open-v3", 3),
+        ("push-v3", 1),
+    ],
 )
 def test_benchmark_task_counts(benchmark, k):
     assert from_flat({"env.benchmark": benchmark}).env.num_tasks == k
