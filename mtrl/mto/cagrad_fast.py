@@ -8,8 +8,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import GramianCombiner, fmt
-from mtrl.mto.cagrad import cagrad_dual_weights, check_c
+from mtrl.mto.base import GramianCombiner, Jacobian, fmt, single_thread
+from mtrl.mto.cagrad import ball_direction, cagrad_dual, cagrad_dual_weights, check_c, record_ball_stats
 
 
 def random_groups(num_tasks: int, k: int, grouping: str, generator: torch.Generator) -> Tensor:
@@ -40,9 +40,11 @@ class CAGradFast(GramianCombiner):
     .. math:: \hat g_m = \frac{1}{n_m} \sum_{i \in m} g_i, \quad g_0 = \sum_m \frac{n_m}{K} \hat g_m = \bar g, \quad
         d = \frac{g_0 + \lambda \hat g_{w^\star}}{1 + c^2}
 
-    with ``w*``, ``lambda`` the exact CAGrad dual solution on the ``k x k`` group Gramian ``A G A^T``
-    (:func:`~mtrl.mto.cagrad.cagrad_dual_weights` with base weights ``n_m / K``). Here the saving is the smaller dual;
-    with per-task gradients from one vmapped pass the ``K`` rows are there anyway.
+    with ``w*`` the exact CAGrad dual solution on the ``k x k`` group Gramian ``A G A^T``
+    (:func:`~mtrl.mto.cagrad.cagrad_dual` with base weights ``n_m / K``) and ``lambda = c ||g_0|| / ||\hat g_{w^*}||``,
+    both norms from the vectors (:func:`~mtrl.mto.cagrad.ball_direction`), so that, as for CAGrad,
+    ``||(1 + c^2) d - g_0|| = c ||g_0||`` (``g_0`` is the mean over the tasks, whatever the groups). Here the saving is
+    the smaller dual; with per-task gradients from one vmapped pass the ``K`` rows are there anyway.
 
     Scale: ``1/(1 + c^2)`` like :class:`~mtrl.mto.cagrad.CAGrad` (c=0 is exactly ``mean``); MTRL's ``cagrad_fast``
     divides by ``1 + c``. MTRL's grouping code also drops one task from its averaged group and divides by one too
@@ -63,11 +65,29 @@ class CAGradFast(GramianCombiner):
         self.grouping = grouping
 
     def weights(self, gram: Tensor) -> Tensor:
-        avg = random_groups(gram.shape[0], self.k, self.grouping, self.generator)  # [k, K]
-        sizes = (avg > 0).sum(1).to(torch.float64)
-        base = sizes / gram.shape[0]
+        """The coefficients ``[K]`` from the Gramian alone (``lambda`` from ``w^T G w``; :meth:`forward` takes the
+        norms from the vectors); draws the groups."""
+        avg, base = self._groups(gram.shape[0])
         alpha = cagrad_dual_weights(avg @ gram @ avg.T, self.c, base)
         return (avg.T @ alpha) / (1.0 + self.c**2)
+
+    def _groups(self, num_tasks: int) -> tuple[Tensor, Tensor]:
+        """This call's averaging matrix ``[k, K]`` and the groups' base weights ``n_m / K``."""
+        avg = random_groups(num_tasks, self.k, self.grouping, self.generator)
+        return avg, (avg > 0).sum(1).to(torch.float64) / num_tasks
+
+    @torch.no_grad()
+    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:  # type: ignore[override]
+        self.check_num_tasks(grads, losses)
+        assert grads is not None
+        gram = self.checked_gramian(grads, losses)
+        with single_thread():
+            avg, base = self._groups(gram.shape[0])
+            offset, w = cagrad_dual(avg @ gram @ avg.T, self.c, base)
+            offset_k, w_k = avg.T @ offset, (avg.T @ w if w is not None else None)
+        direction, alpha, norm = ball_direction(grads, offset_k, w_k, self.c)
+        record_ball_stats(self, gram, alpha, norm)
+        return direction
 
     def __str__(self) -> str:
         name = f"cagrad_fast-c{fmt(self.c)}-k{self.k}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -11,10 +12,16 @@ from torch import Tensor
 
 from mtrl.mto.base import GramianCombiner
 
-#: the optimality tolerance of the active-set solvers, on a Gramian scaled to max diagonal 1
+#: the relative optimality tolerance of the active-set solvers: a vertex ``j`` enters while
+#: ``s_j < ref - SIMPLEX_TOL * scale_j``, with ``scale_j`` the size of the terms of ``s_j - ref`` (see
+#: :func:`simplex_active_set`), so that a vertex (a task gradient) orders of magnitude smaller than the largest one is
+#: held to the same relative accuracy
 SIMPLEX_TOL = 1e-12
 
-Score = Callable[[Tensor], tuple[Tensor, float]]
+#: floor of the vertex scales (a zero row has scale 0)
+_TINY = 1e-300
+
+Score = Callable[[Tensor], tuple[Tensor, float, Tensor]]
 Face = Callable[[Tensor], tuple[Tensor, bool]]
 
 
@@ -36,7 +43,13 @@ def bordered_solve(sub: Tensor, rhs: Tensor) -> Tensor:
 
 
 def simplex_active_set(
-    num: int, score: Score, face: Face, start: int, init: list[int] | None = None, max_iter: int | None = None
+    num: int,
+    score: Score,
+    face: Face,
+    start: int,
+    init: list[int] | None = None,
+    max_iter: int | None = None,
+    init_weights: Tensor | None = None,
 ) -> Tensor:
     """Minimise a convex function of ``x = sum_i w_i g_i`` over the simplex ``w in Delta_K`` (Wolfe 1976).
 
@@ -44,18 +57,27 @@ def simplex_active_set(
     a closed form. Finite in exact arithmetic; every step is exact (no step sizes, no iteration-count accuracy).
 
     :param num: K.
-    :param score: ``w -> (s [K], ref)``: the descent test; ``w`` is optimal when ``min_j s_j >= ref - tol`` (for a
-        smooth ``f``: ``s = grad f(w)``, ``ref = s . w``); otherwise the vertex ``argmin s`` enters the face.
+    :param score: ``w -> (s [K], ref, scale [K])``: the descent test; ``w`` is optimal when
+        ``s_j >= ref - SIMPLEX_TOL * scale_j`` for every ``j`` outside the face (for a smooth ``f``: ``s = grad f(w)``,
+        ``ref = s . w``; ``scale_j > 0``: the magnitude of the terms of ``s_j - ref``, its rounding-error scale);
+        otherwise the vertex with the largest relative violation ``(ref - s_j) / scale_j`` enters the face.
     :param face: ``index [n] -> (y [n], is_ray)``: the minimiser of ``f`` on the affine hull of the face, or, when
         ``f`` is unbounded below there, a descent direction ``y`` (``sum y = 0``) along which ``f`` does not increase.
     :param start: the first vertex (cold start).
     :param init: warm start: a face to start from (e.g. the previous call's optimal support), at its barycentre.
         Changes the path, not the optimum.
+    :param init_weights: warm start at a point ``w [K]`` of the simplex (its support is the first face; overrides
+        ``init``). The iterates never increase ``f`` from there.
     :returns: the optimal weights ``w [K]`` (float64).
     """
     w = torch.zeros(num, dtype=torch.float64)
-    support = sorted(set(init)) if init else [start]
-    w[support] = 1.0 / len(support)
+    if init_weights is not None:
+        w = init_weights.to(torch.float64).clamp_min(0.0)
+        w = w / w.sum()
+        support = w.nonzero().flatten().tolist()
+    else:
+        support = sorted(set(init)) if init else [start]
+        w[support] = 1.0 / len(support)
     added: int | None = None
     pending = len(support) > 1
     for _ in range(max_iter or 20 * num + 50):
@@ -77,9 +99,11 @@ def simplex_active_set(
                 support = [k for k in support if float(w[k]) > 0.0]
             if added is not None and torch.equal(w, before):  # the new vertex could not enter: converged in fp
                 break
-        s, ref = score(w)
-        j = int(torch.argmin(s))
-        if float(s[j]) >= ref - SIMPLEX_TOL or j in support:
+        s, ref, scale = score(w)
+        rel = (s - ref) / scale
+        rel[support] = math.inf
+        j = int(torch.argmin(rel))
+        if not float(rel[j]) < -SIMPLEX_TOL:
             break
         support.append(j)
         added, pending = j, True
@@ -98,10 +122,12 @@ def min_norm_weights(gram: Tensor, init: list[int] | None = None) -> Tensor:
         return torch.full((k,), 1.0 / k, dtype=torch.float64)
     g = gram / scale
     rhs = torch.zeros(1, 1, dtype=torch.float64)
+    norms = g.diagonal().clamp_min(0).sqrt()
 
-    def score(w: Tensor) -> tuple[Tensor, float]:
+    def score(w: Tensor) -> tuple[Tensor, float, Tensor]:
         gw = g @ w
-        return gw, float(gw @ w)
+        # s_j - ref = g_j . d - ||d||^2: its terms are of size ||g_j|| sum_i w_i ||g_i||
+        return gw, float(gw @ w), (norms * float(norms @ w)).clamp_min(_TINY)
 
     def face(idx: Tensor) -> tuple[Tensor, bool]:
         n = idx.numel()
@@ -120,9 +146,10 @@ class MGDA(GramianCombiner):
 
     Solved **exactly** on the Gramian with Wolfe's active-set (min-norm-point) algorithm, not with the Frank-Wolfe
     loop of the official code / torchjd (whose default tolerance leaves ``||d||`` 0.5-1.7% above the optimum at
-    K=10-30). KKT at the solution: ``g_i . d >= ||d||^2`` for all ``i``, with equality where ``w_i > 0``. Each call
-    warm-starts from the previous call's optimal support (a buffer in ``state_dict``; changes the path, not the
-    optimum).
+    K=10-30). KKT at the solution: ``g_i . d >= ||d||^2`` for all ``i``, with equality where ``w_i > 0``, to a
+    tolerance relative to each task's own terms (``||g_i|| sum_j w_j ||g_j||``), so that a task orders of magnitude
+    smaller than the largest is held to the same relative accuracy. Each call warm-starts from the previous call's
+    optimal support (a buffer in ``state_dict``; changes the path, not the optimum).
 
     ``normalization="l2"`` solves on unit-norm gradients and applies the weights to the raw gradients, as the
     official code (isl-org) and Kurin et al.'s RL runs (``normalize="l2"``) do.

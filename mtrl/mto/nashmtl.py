@@ -8,38 +8,58 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import GramianCombiner, fmt
+from mtrl.mto.base import GramianCombiner, Jacobian, as_blocks, fmt
 
 #: ridge added to the unit-diagonal (correlation) Gramian; keeps the problem bounded when some ``alpha >= 0``
-#: combination of the gradients is 0 (``g`` and ``-g``, rank 1 with mixed signs): those weights become ~1e5 instead of
-#: infinite, and the direction stays finite (~0 there).
+#: combination of the gradients is 0 (``g`` and ``-g``, rank 1 with mixed signs): those weights become
+#: ``~1/sqrt(ridge)`` instead of infinite, and the direction stays finite. Removed again (:func:`nash_solve`) where a
+#: positive solution exists, so it does not bias the fixed point there.
 _RIDGE = 1e-10
+#: the ridge is at least this many machine epsilons of the gradients' dtype (float32: 1.2e-6): above the rounding noise
+#: of the correlations of a float32 Gramian (~1e-7), which would otherwise turn a zero combination into a
+#: noise-determined "solution" with weights ~1/sqrt(noise)
+_RIDGE_EPS = 10.0
+#: ``ridge ||beta||^2`` below this: a positive solution exists (the ridge is removed). Where none exists the tasks of a
+#: zero combination ``v >= 0`` (``C v = 0``) get ``ridge ||beta||^2 ~ |supp v| >= 2``; where one exists it is
+#: ``ridge ||beta*||^2 -> 0``
+_EXISTS = 0.5
 
 
 def _objective(corr: Tensor, beta: Tensor) -> float:
     return float(0.5 * beta @ corr @ beta - beta.log().sum())
 
 
-def nash_newton(corr: Tensor, start: Tensor | None = None, max_iter: int = 100) -> Tensor:
-    r"""The unique ``beta > 0`` with ``corr beta = 1 / beta``: minimiser of the strictly convex, self-concordant
+def nash_newton(
+    corr: Tensor, start: Tensor | None = None, max_iter: int = 100, ridge: float = _RIDGE
+) -> tuple[Tensor, bool]:
+    r"""The unique ``beta > 0`` with ``(corr + ridge I) beta = 1 / beta``: minimiser of the strictly convex,
+    self-concordant
 
     .. math:: F(\beta) = \tfrac12 \beta^\top (C + \epsilon I) \beta - \sum_i \log \beta_i
 
     by Newton's method with backtracking (Armijo, staying in ``beta > 0``), the Newton system scaled by
-    ``diag(beta)`` (``diag(beta) C diag(beta) + I``, well conditioned even where ``beta`` is large); stops at a Newton
-    decrement ``lambda^2 < 1e-20``.
+    ``diag(beta)`` (``diag(beta) C diag(beta) + I``, well conditioned even where ``beta`` is large); full steps once
+    the Newton decrement ``lambda^2 < 0.01`` (the quadratic phase of a self-concordant ``F``: the step is feasible,
+    ``|s|_inf <= lambda``, and ``lambda^2`` shrinks at least 50-fold per step); stops after the step at which
+    ``lambda^2 < 1e-20``, or, in that phase, once ``lambda^2`` no longer shrinks 4-fold (the rounding floor of an
+    ill-conditioned ``C``: weights ``~1/sqrt(ridge)``).
 
-    :param corr: ``[K, K]`` float64, unit diagonal.
+    :param corr: ``[K, K]`` float64 PSD, unit diagonal.
     :param start: warm start (used when finite, positive and better than the default ``t 1`` with the best ``t``).
+    :param max_iter: Newton iterations at most.
+    :param ridge: ``epsilon``; with 0, ``F`` is unbounded below where no positive solution exists (then the iterations
+        run out unconverged).
+    :returns: ``beta`` and whether it converged (``lambda^2 < 1e-20``, or below ``1e-12`` at the rounding floor).
     """
     k = corr.shape[0]
-    c = corr + _RIDGE * torch.eye(k, dtype=corr.dtype)
+    c = corr + ridge * torch.eye(k, dtype=corr.dtype)
     beta = torch.full((k,), math.sqrt(k / max(float(c.sum()), 1e-300)), dtype=corr.dtype)
     if start is not None and start.shape == beta.shape and bool((start > 0).all() & torch.isfinite(start).all()):
         if _objective(c, start) < _objective(c, beta):
             beta = start.clone()
-    f = _objective(c, beta)
+    f: float | None = None  # F(beta), evaluated where a line search needs it
     eye = torch.eye(k, dtype=corr.dtype)
+    previous = math.inf
     for _ in range(max_iter):
         # Newton step in the scaled variable beta = diag(beta) (1 + s): H~ = D C D + I is well conditioned (>= I)
         cb = c @ beta
@@ -51,8 +71,15 @@ def nash_newton(corr: Tensor, start: Tensor | None = None, max_iter: int = 100) 
         else:
             s = torch.linalg.lstsq(hess, -scaled_grad[:, None]).solution[:, 0]
         decrement2 = float(-(scaled_grad @ s))
-        if decrement2 < 1e-20:
-            break
+        if decrement2 < 1e-20:  # one more full step is free: the residual goes from ~lambda to ~lambda^2
+            return beta * (1.0 + s), True
+        if decrement2 < 1e-2:
+            if decrement2 > 0.25 * previous:
+                return beta * (1.0 + s), decrement2 < 1e-12
+            beta, f, previous = beta * (1.0 + s), None, decrement2
+            continue
+        if f is None:
+            f = _objective(c, beta)
         t = 1.0
         if bool((s < 0).any()):  # keep beta > 0: 1 + t s > 0
             t = min(1.0, 0.99 / float((-s).max()))
@@ -65,6 +92,33 @@ def nash_newton(corr: Tensor, start: Tensor | None = None, max_iter: int = 100) 
         if f_cand > f:
             break
         beta, f = cand, f_cand
+    return beta, False
+
+
+def nash_solve(corr: Tensor, start: Tensor | None = None, ridge: float = _RIDGE) -> Tensor:
+    """``beta > 0`` with ``corr beta = 1 / beta`` where such a positive solution exists; otherwise the solution with
+    the ridge, ``(corr + ridge I) beta = 1 / beta``.
+
+    The correlation matrix of a float32 Gramian can be slightly indefinite (``|C_ij| > 1`` for ``g`` and ``-s g``),
+    and then ``F`` is unbounded below even with the ridge: where ``C + ridge I`` has no Cholesky factor, ``C`` is
+    replaced by its projection on the PSD cone (negative eigenvalues set to 0). The ridged problem is solved first
+    (:func:`nash_newton`); where ``ridge ||beta||^2 < 0.5`` (:data:`_EXISTS`) a positive solution exists and Newton
+    continues without the ridge from there (kept when it converges).
+
+    :param corr: ``[K, K]`` float64, unit diagonal.
+    :param start: warm start for the ridged solve.
+    :param ridge: the ridge (:data:`_RIDGE`, or more for float32 gradients).
+    """
+    k = corr.shape[0]
+    if int(torch.linalg.cholesky_ex(corr + ridge * torch.eye(k, dtype=corr.dtype))[1]) != 0:
+        lam, vec = torch.linalg.eigh(corr)
+        corr = (vec * lam.clamp_min(0.0)) @ vec.T
+        corr = 0.5 * (corr + corr.T)
+    beta, _ = nash_newton(corr, start, ridge=ridge)
+    if ridge * float(beta @ beta) < _EXISTS:
+        exact, converged = nash_newton(corr, beta, ridge=0.0, max_iter=50)
+        if converged:
+            return exact
     return beta
 
 
@@ -74,17 +128,34 @@ class NashMTL(GramianCombiner):
     .. math:: G \alpha = 1 / \alpha \;\; (\alpha > 0) \iff
         \alpha = \arg\min_{\alpha > 0} \tfrac12 \alpha^\top G \alpha - \sum_i \log \alpha_i, \qquad d = J^\top \alpha
 
-    Solved in torch by damped Newton (:func:`nash_newton`) on the correlation matrix ``C = D^{-1} G D^{-1}``
+    Solved in torch by damped Newton (:func:`nash_solve`) on the correlation matrix ``C = D^{-1} G D^{-1}``
     (``D = diag ||g_i||``), then ``alpha = D^{-1} beta``: exactly invariant to per-task gradient scaling, to machine
     precision (the official code runs up to 20 sequential cvxpy/ECOS convex programs; both reach the same fixed point).
-    Tasks with a zero gradient get weight 0. The weights are recomputed every ``update_every`` calls and reused in
-    between (warm start: the previous solution). State (``alpha``, ``beta``, the call counter) is per instance and in
-    ``state_dict``.
+    The weights are recomputed every ``update_every`` calls and reused in between (warm start: the previous solution).
+    State (``alpha``, ``beta``, the call counter) is per instance and in ``state_dict``.
+
+    Where no positive solution exists (the answer, documented and tested):
+
+    * a task with a zero gradient gets weight 0, and the others are solved without it;
+    * where some ``alpha >= 0`` combination of the (nonzero) gradients is 0 (``g`` and ``-g``, rank 1 with mixed
+      signs, 0 in the convex hull of some rows: ``F`` is unbounded below) the answer is the solution with a ridge
+      ``epsilon`` on ``C``, ``(C + epsilon I) beta = 1 / beta`` (``epsilon = max(1e-10, 10 eps)`` of the gradients'
+      dtype: 1e-10 for float64, 1.2e-6 for float32). The weights of the tasks of such a zero combination become
+      ``~1 / sqrt(epsilon)`` (finite) and their gradients cancel in ``d``; and for every task
+
+      .. math:: \|d\|^2 = K - \epsilon \|\beta\|^2 \le K, \qquad
+          \frac{g_i^\top d}{\|g_i\|} = \frac{1}{\beta_i} - \epsilon \beta_i \ge -\sqrt{\epsilon K}
+
+      (finite, and no task's loss increases at first order by more than ``sqrt(epsilon K) ||g_i||``; a task outside
+      every zero combination keeps its equation up to ``epsilon beta_i^2``; all of it for the Gramian as computed,
+      which float32 rounding perturbs by ~1e-7 relative). Where a positive solution exists the ridge is removed
+      (:func:`nash_solve`): the fixed point is exact.
 
     Scale: at the fixed point ``||J^T alpha||^2 = K`` whatever the gradients' scale, so the direction has norm
-    ``sqrt(K)`` (K=1: the unit gradient). ``max_norm > 0`` rescales ``alpha`` so that ``||d|| <= max_norm``, on every
-    call, as the official code's ``clip_grad_norm_(shared, max_norm=1.0)`` and torchjd's ``max_norm``; the FAMO-repo
-    MT10 port's "clipping" (divide by 1.0) is a no-op, i.e. ``max_norm=0`` here.
+    ``sqrt(K)`` (K=1: the unit gradient); ``<= sqrt(K)`` without a positive solution. ``max_norm > 0`` rescales
+    ``alpha`` so that ``||d|| <= max_norm``, on every call, as the official code's ``clip_grad_norm_(shared,
+    max_norm=1.0)`` and torchjd's ``max_norm``; the FAMO-repo MT10 port's "clipping" (divide by 1.0) is a no-op, i.e.
+    ``max_norm=0`` here.
     """
 
     alpha: Tensor
@@ -97,6 +168,12 @@ class NashMTL(GramianCombiner):
         self.register_buffer("alpha", torch.ones(num_tasks, dtype=torch.float64))
         self.register_buffer("beta", torch.ones(num_tasks, dtype=torch.float64))
         self.calls = 0
+        self.ridge = _RIDGE
+
+    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:  # type: ignore[override]
+        if grads is not None:
+            self.ridge = max(_RIDGE, _RIDGE_EPS * torch.finfo(as_blocks(grads)[0].dtype).eps)
+        return super().forward(grads, losses)
 
     def solve(self, gram: Tensor) -> Tensor:
         """The unclipped weights ``alpha [K]`` for a Gramian (float64 CPU)."""
@@ -110,7 +187,7 @@ class NashMTL(GramianCombiner):
         corr = gram[idx][:, idx] / (d[:, None] * d[None, :])
         corr.diagonal().fill_(1.0)
         start = self.beta.detach().to("cpu")[idx]
-        beta = nash_newton(corr, start)
+        beta = nash_solve(corr, start, self.ridge)
         alpha[idx] = beta / d
         full_beta = torch.ones_like(norms)
         full_beta[idx] = beta
