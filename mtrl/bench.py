@@ -15,17 +15,17 @@ Three parts, each printed as a table and written together as JSON:
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -34,8 +34,10 @@ from tqdm import tqdm
 
 from mtrl.agents.mtsac import MTSAC
 from mtrl.buffers import MultiTaskReplay, ReplayBatch
-from mtrl.config import ConfigError, from_flat, load_yaml
+from mtrl.config import ConfigError, from_flat, load_yaml, parse
 from mtrl.mto import COMBINERS
+from mtrl.rundir import check_output_file
+from mtrl.train import make_agent as build_agent
 from mtrl.utils import keep_freed_memory
 
 DESCRIPTION = """Throughput of MT-SAC, measured side by side in one process; tables on stdout, all of it as JSON.
@@ -60,17 +62,13 @@ SB3_TARGET = 1.5  # min K=1 speed-up over stable-baselines3
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def kind_of(name: str, k: int) -> str:
-    """``gradient`` if the combiner needs per-task gradients, else ``loss``."""
-    config = COMBINERS[name](weights=tuple([1.0 / k] * k)) if name == "fixed" else COMBINERS[name]()
-    return "gradient" if config.build(k).requires_grads else "loss"
-
-
 def _combiner_flat(name: str, k: int) -> dict[str, Any]:
     flat: dict[str, Any] = {"combiner": name}
     if name == "fixed":
         flat["combiner.weights"] = [1.0 / k] * k
-    if name == "famo":  # critic only: the SAC actor loss is unbounded below
+    try:  # combiners restricted to the critic (FAMO: losses bounded below) run there only
+        COMBINERS[name]().check(k, frozenset({"critic", "actor"}))
+    except ValueError:
         flat["combine_actor"] = False
     return flat
 
@@ -88,7 +86,7 @@ def make_agent(name: str, k: int, batch: int, device: torch.device, hidden: int 
         **extra,
     }
     torch.manual_seed(0)
-    return MTSAC(OBS, ACT, k, from_flat(flat), device)
+    return build_agent(from_flat(flat), OBS, ACT, k, device)
 
 
 def make_batch(k: int, batch: int, device: torch.device) -> tuple[ReplayBatch, tuple[torch.Tensor, torch.Tensor]]:
@@ -158,7 +156,7 @@ def update_only(
                 "ms": 1000 * s,
                 "updates_per_s": 1 / s,
                 "ratio": s / med["mean"],
-                "kind": kind_of(name.removesuffix("+compile"), k),
+                "kind": COMBINERS[name.removesuffix("+compile")].kind,
             }
             for name, s in med.items()
         }
@@ -200,7 +198,7 @@ def versus_sb3(batch: int, rounds: int, warmup: int, device: torch.device, hidde
     }
 
 
-def training(benchmarks: list[str], names: list[str], steps: int, device: str, threads: int) -> dict[str, Any]:
+def training(benchmarks: Sequence[str], names: list[str], steps: int, device: str, threads: int) -> dict[str, Any]:
     """Vector steps/s of the real training loop per benchmark and combiner (median of ``charts/sps``)."""
     from mtrl.compare import read_scalars
     from mtrl.train import train
@@ -264,33 +262,38 @@ def print_tables(result: dict[str, Any]) -> None:
             print("  targets for mean: >= 300 on one H100 with 16 cores, >= 21 on a 2-core CPU")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    grad = [n for n in COMBINERS if kind_of(n, 10) == "gradient"]
-    parser = argparse.ArgumentParser(
-        prog="mtrl bench",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES), help="update sizes (both)")
-    parser.add_argument(
-        "--combiners", nargs="+", default=grad, metavar="NAME",
-        help=f"combiners besides mean (default: every gradient-space one); any of {', '.join(COMBINERS)}",
-    )  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per measurement, median reported (7)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (2)")
-    parser.add_argument("--sb3-batch", type=int, nargs="*", default=[256, 1280], help="K=1 batches; none: skip")
-    parser.add_argument("--train", action="store_true", help="also time the real training loop (builds Meta-World)")
-    parser.add_argument("--train-benchmarks", nargs="+", default=["MT10"], choices=list(SIZES), help="(MT10)")
-    parser.add_argument(
-        "--train-combiners", nargs="+", default=["mean"], metavar="NAME", help="combiners to train with (mean)"
-    )
-    parser.add_argument("--train-steps", type=int, default=300, help="timed steps after 200 warm-up steps (300)")
-    parser.add_argument("--compile", action="store_true", help="also time mean with agent.compile (torch.compile)")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--hidden", type=int, default=400, help=argparse.SUPPRESS)  # tiny sizes for the tests
-    parser.add_argument("--json", type=Path, default=Path("bench.json"), help="write the results here (bench.json)")
-    return parser
+@dataclass(frozen=True)
+class BenchArgs:
+    """Throughput of MT-SAC, measured side by side in one process (see the module documentation of mtrl.bench)."""
+
+    sizes: tuple[Literal["MT10", "MT50"], ...] = ("MT10", "MT50")
+    """Update sizes."""
+    combiners: tuple[str, ...] = tuple(n for n, c in COMBINERS.items() if c.kind == "gradient")
+    """Combiners besides mean (default: every gradient-space one)."""
+    rounds: int = 7
+    """Timed rounds per measurement; the median is reported."""
+    warmup: int = 2
+    """Untimed rounds first."""
+    sb3_batch: tuple[int, ...] = (256, 1280)
+    """K=1 batches against stable-baselines3 (none given: skipped)."""
+    train: bool = False
+    """Also time the real training loop (builds Meta-World)."""
+    train_benchmarks: tuple[Literal["MT10", "MT50"], ...] = ("MT10",)
+    """Benchmarks of the training measurement."""
+    train_combiners: tuple[str, ...] = ("mean",)
+    """Combiners to train with."""
+    train_steps: int = 300
+    """Timed training steps, after 200 warm-up steps."""
+    compile: bool = False
+    """Also time mean with agent.compile (torch.compile)."""
+    device: str = "auto"
+    """auto (cuda if available), cpu or cuda."""
+    threads: int = 0
+    """torch CPU threads (0: torch's default)."""
+    hidden: int = 400
+    """Width of the 3 hidden layers (400: the MT10 literature's networks; small values for quick checks)."""
+    json: str = "bench.json"
+    """Write the results here."""
 
 
 def _with_mean(names: list[str]) -> list[str]:
@@ -299,24 +302,30 @@ def _with_mean(names: list[str]) -> list[str]:
 
 
 def cli(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(BenchArgs, argv, prog="mtrl bench", description=DESCRIPTION, flags=True, hyphens=True)
     for name in [*args.combiners, *args.train_combiners]:
         if name not in COMBINERS:
-            raise ConfigError(f"unknown combiner '{name}'; expected one of {', '.join(COMBINERS)}")
+            raise ConfigError(f"--combiners: got '{name}', expected some of {', '.join(COMBINERS)}")
     if args.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"--device: got '{args.device}'; expected auto, cpu or cuda")
+        raise ConfigError(f"--device: got '{args.device}', expected auto, cpu or cuda")
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available; use --device cpu or auto")
-    if min(args.rounds, args.train_steps) < 1 or args.warmup < 0:
-        raise ConfigError("--rounds and --train-steps must be >= 1, --warmup >= 0")
-    if any(b < 2 for b in args.sb3_batch) or args.threads < 0 or args.hidden < 1:
-        raise ConfigError("--sb3-batch values must be >= 2 and --threads >= 0")
+        raise ConfigError("--device: got 'cuda', but torch sees no CUDA device here; expected cpu or auto")
+    for key in ("rounds", "train_steps", "hidden"):
+        if getattr(args, key) < 1:
+            raise ConfigError(f"--{key.replace('_', '-')}: got {getattr(args, key)}, expected a positive integer")
+    for key in ("warmup", "threads"):
+        if getattr(args, key) < 0:
+            raise ConfigError(f"--{key}: got {getattr(args, key)}, expected an integer >= 0")
+    if any(b < 2 for b in args.sb3_batch):
+        raise ConfigError(f"--sb3-batch: got {list(args.sb3_batch)}, expected batch sizes >= 2")
+    json_path = Path(args.json)
+    check_output_file(json_path, "--json")
     keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
-    names = _with_mean(args.combiners)
+    names = _with_mean(list(args.combiners))
     rows = len(names) + args.compile
     total = (args.rounds + args.warmup) * (rows * len(args.sizes) + 2 * len(args.sb3_batch))
     result: dict[str, Any] = {
@@ -329,16 +338,17 @@ def cli(argv: list[str]) -> int:
     }
     with tqdm(total=total, desc="bench", unit="update", dynamic_ncols=True, file=sys.stderr) as bar:
         result["update"] = update_only(
-            args.sizes, names, args.rounds, args.warmup, device, args.hidden, bar, args.compile
+            list(args.sizes), names, args.rounds, args.warmup, device, args.hidden, bar, args.compile
         )
         result["sb3"] = [
             versus_sb3(b, args.rounds, args.warmup, device, args.hidden, bar) for b in args.sb3_batch
         ]  # fmt: skip
     if args.train:
-        train_names = _with_mean(args.train_combiners)
-        result["training"] = training(args.train_benchmarks, train_names, args.train_steps, str(device), args.threads)
+        train_names = _with_mean(list(args.train_combiners))
+        benchmarks = list(args.train_benchmarks)
+        result["training"] = training(benchmarks, train_names, args.train_steps, str(device), args.threads)
     print_tables(result)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {args.json}")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {json_path}")
     return 0

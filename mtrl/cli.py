@@ -1,98 +1,80 @@
-"""``mtrl`` command line: train | evaluate | record | compare | sweep | bench.
+"""``mtrl`` command line: train | evaluate | record | compare | sweep | bench, each parsed by tyro.
 
-Config values are given as ``--dotted.key value`` (or ``--dotted.key=value``); ``--combiner NAME`` picks a
-combiner and ``--combiner.<option> value`` sets its options. Bad input ends with one line on stderr and exit code 2.
+Config values are given as ``--dotted.key value`` (or ``--dotted.key=value``; ``-`` and ``_`` alike); ``--combiner
+NAME`` picks a combiner and ``--combiner.<option> value`` sets its options. Bad input ends with one line on stderr
+and exit code 2, before anything is created or changed.
 """
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
-import textwrap
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from mtrl.config import ConfigError, from_flat, help_rows, load_yaml, to_flat
+import tyro
 
-USAGE_TRAIN = """usage: mtrl train [--config PRESET.yaml] [--resume RUN_DIR] [--no-progress] [--KEY VALUE ...]
+from mtrl.config import ConfigError, TrainConfig, from_flat, load_preset, load_yaml, parse, to_flat
 
-Train multi-task SAC. With no arguments: the embedded default (4-task toy env, a few minutes on a CPU).
-Values come from the defaults below, then --config (a flat YAML preset from configs/), then --KEY VALUE pairs.
---resume RUN_DIR continues a run from its last checkpoint with its saved config.yaml (only total_steps may be
-changed, to extend it). Output: runs/<run_name>/ holds TensorBoard events, config.yaml, meta.yaml, checkpoints/.
-Ctrl-C or SIGTERM finishes the current step, writes a checkpoint and exits (130 / 143); a second Ctrl-C aborts.
-"""
+TRAIN_DESCRIPTION = """Train multi-task SAC. With no arguments: the embedded default (4-task toy env, about a minute
+on a CPU).
+
+  mtrl train [--config PRESET.yaml] [--resume RUN_DIR] [--no-progress] [--KEY VALUE ...]
+
+Values come from the defaults below, then --config (a YAML preset from configs/, which may inherit another with
+base:), then --KEY VALUE. --resume RUN_DIR continues a run from its newest checkpoint with its saved config.yaml
+(only total_steps may be changed, to extend it). --combiner NAME picks a combiner; `mtrl train --combiner NAME
+--help` lists its options. Output: runs/<run_name>/ holds TensorBoard events, config.yaml, meta.yaml,
+checkpoints/. Ctrl-C or SIGTERM finishes the current step, writes a checkpoint and exits (130 / 143); a second
+Ctrl-C aborts."""
 
 
-class UsageError(Exception):
-    """Bad command-line input; one line."""
-
-
-def _split_overrides(args: list[str]) -> dict[str, str]:
-    """``["--a.b", "1", "--c=2", "--flag"]`` -> ``{"a.b": "1", "c": "2", "flag": "true"}``."""
-    items: dict[str, str] = {}
+def _take(argv: list[str], name: str, *, value: bool) -> tuple[str | bool | None, list[str]]:
+    """Remove ``--name VALUE`` / ``--name=VALUE`` (or the flag ``--name``) from ``argv``; (value or None, rest)."""
+    rest: list[str] = []
+    found: str | bool | None = None
     i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--") or arg == "--":
-            raise UsageError(f"unexpected argument '{arg}'; config values are given as --key value")
-        key, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 < len(args) and not args[i + 1].startswith("--"):
-                value = args[i + 1]
+    spellings = {f"--{name}", f"--{name.replace('-', '_')}"}
+    while i < len(argv):
+        arg = argv[i]
+        key, eq, given = arg.partition("=")
+        if key in spellings:
+            if not value:
+                found = True
+            elif eq:
+                found = given
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                found = argv[i + 1]
                 i += 1
             else:
-                value = "true"
-        items[key.replace("-", "_")] = value
+                raise ConfigError(f"{key}: needs a value")
+        else:
+            rest.append(arg)
         i += 1
-    return items
-
-
-def _train_help() -> str:
-    lines = [USAGE_TRAIN, "config keys (default) description:"]
-    for key, default, doc in help_rows():
-        lines.append(f"  --{key} ({default})")
-        lines.extend(textwrap.wrap(doc, 100, initial_indent="      ", subsequent_indent="      "))
-    return "\n".join(lines)
+    return found, rest
 
 
 def cmd_train(argv: list[str]) -> int:
-    if "-h" in argv or "--help" in argv:
-        print(_train_help())
-        return 0
-    from mtrl.checkpoint import CheckpointError
-    from mtrl.train import main_message, train
+    from mtrl.rundir import main_message
+    from mtrl.train import train
 
     command = "mtrl train " + shlex.join(argv)
-    opts: dict[str, str | bool] = {"progress": True}
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        if argv[i] in ("--config", "--resume"):
-            if i + 1 >= len(argv):
-                raise UsageError(f"{argv[i]} needs a value")
-            opts[argv[i][2:]] = argv[i + 1]
-            i += 2
-        elif argv[i] == "--no-progress":
-            opts["progress"] = False
-            i += 1
-        else:
-            rest.append(argv[i])
-            i += 1
-    overrides = _split_overrides(rest)
+    config, rest = _take(argv, "config", value=True)
+    resume, rest = _take(rest, "resume", value=True)
+    no_progress, rest = _take(rest, "no-progress", value=False)
+    shorthands = {"agent": "agent.kind"}
+    if "-h" in rest or "--help" in rest:
+        parse(TrainConfig, rest, prog="mtrl train", description=TRAIN_DESCRIPTION, shorthands=shorthands)
     run = None
-    if "resume" in opts:
-        if "config" in opts:
-            raise UsageError("--resume takes the run's own config.yaml; do not combine it with --config")
-        run = Path(str(opts["resume"]))
+    if resume is not None:
+        if config is not None:
+            raise ConfigError("--resume: takes the run's own config.yaml; do not combine it with --config")
+        run = Path(str(resume))
         if not (run / "config.yaml").is_file():
-            raise CheckpointError(f"--resume: '{run}' is not a run directory (no config.yaml)")
-        saved = from_flat(load_yaml(run / "config.yaml"))
-        if saved.agent.kind == "single_task":
-            from mtrl.single_task import check_resumable
-
-            check_resumable(saved)
-        cfg = from_flat(overrides, saved)
+            raise ConfigError(f"--resume: '{run}' is not a run directory (no config.yaml)")
+        saved = from_flat(load_yaml(run / "config.yaml"), where=f"--resume '{run}' config.yaml: ")
+        cfg = parse(TrainConfig, rest, default=saved, shorthands=shorthands)
         before, after = to_flat(saved), to_flat(cfg)
         changed = [k for k in after if after[k] != before.get(k) and k != "total_steps"]
         if changed:
@@ -102,100 +84,97 @@ def cmd_train(argv: list[str]) -> int:
                 "only total_steps may change when resuming"
             )
     else:
-        base = from_flat(load_yaml(str(opts["config"]))) if "config" in opts else None
-        cfg = from_flat(overrides, base)
-    out = train(cfg, run=run, command=command, progress=bool(opts["progress"]))
+        base = load_preset(str(config)) if config is not None else None
+        cfg = parse(TrainConfig, rest, default=base, shorthands=shorthands)
+    out = train(cfg, run=run, command=command, progress=not no_progress)
     print(main_message(out))
     return 0
 
 
+@dataclass(frozen=True)
+class EvaluateArgs:
+    """Evaluate a checkpoint with the deterministic policy on its own benchmark, protocol and training goals; prints
+    the success rate per task and the mean (success = the task's success flag at any step of an episode)."""
+
+    checkpoint: tyro.conf.Positional[str]
+    """A run directory (its newest checkpoint), or a checkpoint folder or file."""
+    episodes: int = 0
+    """Episodes per task (0: the run's eval_episodes)."""
+    seed: int = -1
+    """Simulator seed of the evaluation episodes (-1: the run's evaluation seed); the goals are the run's own."""
+    eval_goals: Literal["run", "train", "fresh"] = "run"
+    """train: the goals the run trained on; fresh: goals it never saw; run: the run's env.eval_goals."""
+    device: str = "cpu"
+    """cpu, cuda or cuda:N."""
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device == "cpu":
+        return
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device: got '{device}', but torch sees no CUDA device here; expected cpu")
+        if ":" in device and int(device[5:]) >= torch.cuda.device_count():
+            raise ConfigError(f"--device: got '{device}', but there are {torch.cuda.device_count()} CUDA devices")
+        return
+    raise ConfigError(f"--device: got '{device}', expected cpu, cuda or cuda:N")
+
+
 def cmd_evaluate(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mtrl evaluate",
-        description="Evaluate a checkpoint with the deterministic policy on its own benchmark and protocol; prints "
-        "the success rate per task and the mean (success = the task's success flag at any step of an episode).",
-    )
-    parser.add_argument(
-        "checkpoint", help="a run directory (its newest checkpoint), a checkpoint folder or its checkpoint.pt"
-    )
-    parser.add_argument("--episodes", type=int, default=None, help="episodes per task (default: the run's)")
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=None,
-        help="simulator seed of the evaluation episodes (default: the run's evaluation seed); the goals are always "
-        "the run's own (see --eval-goals)",
-    )
-    parser.add_argument(
-        "--eval-goals",
-        choices=("train", "fresh"),
-        default=None,
-        help="train: the goals the run trained on; fresh: goals it never saw (default: the run's env.eval_goals)",
-    )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    args = parser.parse_args(argv)
-    if args.episodes is not None and args.episodes <= 0:
-        raise UsageError(f"--episodes: got {args.episodes}, expected a positive integer")
-    from dataclasses import replace
+    args = parse(EvaluateArgs, argv, prog="mtrl evaluate", hyphens=True)
+    if args.episodes < 0:
+        raise ConfigError(f"--episodes: got {args.episodes}, expected a positive integer (0: the run's)")
+    if args.seed < -1:
+        raise ConfigError(f"--seed: got {args.seed}, expected an integer >= 0 (-1: the run's evaluation seed)")
+    _check_device(args.device)
+    from mtrl.evaluate import evaluate_checkpoint
 
-    from mtrl.envs import eval_seed, make_env
-    from mtrl.evaluate import evaluate
-    from mtrl.train import restore
-
-    cfg, agent, state = restore(args.checkpoint, args.device)
-    env_cfg = cfg.env if args.eval_goals is None else replace(cfg.env, eval_goals=args.eval_goals)
-    sim_seed = eval_seed(cfg.seed) if args.seed is None else args.seed
-    env = make_env(env_cfg, cfg.seed, evaluation=True, sim_seed=sim_seed)
-    episodes = args.episodes or cfg.eval_episodes
-    result = evaluate(lambda o: agent.act(o, deterministic=True), env, episodes, seed=sim_seed)
-    env.close()
-    width = max(len(n) for n in state["task_names"])
-    print(f"{'task':<{width}}  success  return   ({episodes} episodes per task, step {state['step']})")
-    for name, rate, rets in zip(state["task_names"], result.per_task, result.returns):
+    goals = None if args.eval_goals == "run" else args.eval_goals
+    seed = None if args.seed == -1 else args.seed
+    report = evaluate_checkpoint(args.checkpoint, args.episodes or None, seed, goals, args.device)
+    width = max(len(n) for n in report.task_names)
+    print(f"{'task':<{width}}  success  return   ({report.episodes} episodes per task, step {report.step})")
+    for name, rate, rets in zip(report.task_names, report.result.per_task, report.result.returns):
         print(f"{name:<{width}}  {rate:7.2f}  {rets.mean():8.2f}")
-    print(f"{'mean':<{width}}  {result.mean:7.2f}")
+    print(f"{'mean':<{width}}  {report.result.mean:7.2f}")
     return 0
 
 
+@dataclass(frozen=True)
+class RecordArgs:
+    """Render deterministic rollouts of a checkpoint on its training goals to <out>/<run_name>/<task>__ep<i>.mp4
+    (headless: MUJOCO_GL=egl with a GPU, osmesa on CPU)."""
+
+    checkpoint: tyro.conf.Positional[str]
+    """A run directory (its newest checkpoint), or a checkpoint folder or file."""
+    tasks: tuple[str, ...] = ()
+    """Task names to record (default: all)."""
+    episodes: int = 1
+    """Episodes per task."""
+    out: str = "videos"
+    """Parent folder of the videos."""
+    fps: int = 30
+    """Frames per second (1 to 240)."""
+    seed: int = -1
+    """Simulator seed of the rollouts (-1: the run's evaluation seed); the goals are the run's own."""
+
+
 def cmd_record(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mtrl record",
-        description="Render deterministic rollouts of a checkpoint to videos/<run_name>/<task>__ep<i>.mp4 "
-        "(headless: MUJOCO_GL=egl with a GPU, osmesa on CPU).",
-    )
-    parser.add_argument(
-        "checkpoint", help="a run directory (its newest checkpoint), a checkpoint folder or its checkpoint.pt"
-    )
-    parser.add_argument("--tasks", nargs="+", default=None, help="task names to record (default: all)")
-    parser.add_argument("--episodes", type=int, default=1, help="episodes per task (default: 1)")
-    parser.add_argument("--out", default="videos", help="parent folder of the videos (default: videos)")
-    parser.add_argument("--fps", type=int, default=30, help="frames per second (default: 30)")
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=None,
-        help="simulator seed of the rollouts (default: the run's evaluation seed); the goals are the run's own",
-    )
-    args = parser.parse_args(argv)
-    if args.episodes <= 0:
-        raise UsageError(f"--episodes: got {args.episodes}, expected a positive integer")
-    from mtrl.envs.gl import ensure_gl_backend
+    args = parse(RecordArgs, argv, prog="mtrl record", hyphens=True)
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes: got {args.episodes}, expected a positive integer")
+    if not 1 <= args.fps <= 240:
+        raise ConfigError(f"--fps: got {args.fps}, expected an integer from 1 to 240")
+    if args.seed < -1:
+        raise ConfigError(f"--seed: got {args.seed}, expected an integer >= 0 (-1: the run's evaluation seed)")
+    from mtrl.rundir import check_output_dir
+    from mtrl.video import record_checkpoint
 
-    ensure_gl_backend()
-    from mtrl.envs import eval_seed, make_env
-    from mtrl.train import restore
-    from mtrl.video import record
-
-    cfg, agent, state = restore(args.checkpoint, "cpu")
-    if args.tasks:
-        unknown = [t for t in args.tasks if t not in state["task_names"]]
-        if unknown:
-            raise UsageError(f"--tasks: unknown task {unknown[0]!r}; this run has: {', '.join(state['task_names'])}")
-    sim_seed = eval_seed(cfg.seed) if args.seed is None else args.seed
-    env = make_env(cfg.env, cfg.seed, evaluation=True, render=True, sim_seed=sim_seed)
-    out = Path(args.out) / cfg.run_name
-    paths = record(lambda o: agent.act(o, deterministic=True), env, out, args.episodes, args.fps, tasks=args.tasks)
-    env.close()
+    check_output_dir(args.out, "--out")
+    seed = None if args.seed == -1 else args.seed
+    out, paths = record_checkpoint(args.checkpoint, args.out, args.episodes, args.fps, list(args.tasks) or None, seed)
     print(f"wrote {len(paths)} videos to {out}/")
     return 0
 
@@ -231,8 +210,8 @@ MAIN_HELP = """usage: mtrl {train,evaluate,record,compare,sweep,bench} ...
 
 Multi-task SAC with pluggable multi-task optimization (MTO) combiners on Meta-World MT10/MT50.
 
-  train     train an agent (no arguments: a few-minute CPU demo on a toy env); --help lists every config key
-  evaluate  success rate per task of a checkpoint
+  train     train an agent (no arguments: a one-minute CPU demo on a toy env); --help lists every config key
+  evaluate  success rate per task of a checkpoint, on its training goals
   record    rollout videos of a checkpoint into videos/<run_name>/
   compare   success rates across methods and seeds: IQM with bootstrap CIs, plots, markdown table
   sweep     methods x seeds (x static weight grids) from a YAML spec; resumable; local processes or Ray
@@ -253,18 +232,22 @@ def main(argv: list[str] | None = None) -> int:
     from mtrl.checkpoint import CheckpointError, CheckpointWriteError
     from mtrl.evaluate import EvalWorkerError
     from mtrl.mto.base import NonFiniteError
-    from mtrl.train import Interrupted, RunDirError
+    from mtrl.rundir import Interrupted, RunDirError
     from mtrl.video import VideoError
 
     try:
         return COMMANDS[name](rest)
+    except SystemExit as exc:  # --help printed by tyro
+        if exc.code in (0, None):
+            return 0
+        raise
     except Interrupted as exc:  # the conventional 128 + signal number (SIGINT 130, SIGTERM 143)
         print(f"mtrl {name}: stopped by {exc}", file=sys.stderr)
         return 128 + exc.signum
     except CheckpointWriteError as exc:
         print(f"mtrl {name}: error: {exc}; training stopped", file=sys.stderr)
         return 1
-    except (UsageError, ConfigError, CheckpointError, RunDirError, VideoError) as exc:
+    except (ConfigError, CheckpointError, RunDirError, VideoError) as exc:
         print(f"mtrl {name}: error: {exc}", file=sys.stderr)
         return 2
     except (NonFiniteError, EvalWorkerError) as exc:

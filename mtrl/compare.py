@@ -21,7 +21,6 @@ of ``rliable.metrics.aggregate_iqm`` and ``rliable.metrics.probability_of_improv
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import re
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import tyro
 import yaml
 
 from mtrl.config import flatten
@@ -1066,71 +1066,60 @@ def summary_markdown(result: Comparison, out: Path) -> str:
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mtrl compare",
-        description=(
-            "Compare training runs of mtrl: final success per seed, IQM over seeds with 95% bootstrap CIs, "
-            "probability of improvement over a baseline, per-task success, steps/s and wall-clock. "
-            "Runs are grouped into methods by the config keys that differ between them (seed excluded); runs of "
-            "different settings (benchmark, protocol, reward version, episode length, total_steps, evaluation "
-            "schedule) are never pooled but compared separately. Writes success_curves.png, iqm.png and summary.md "
-            "into --out and prints the summary table."
-        ),
-        epilog="example: mtrl compare runs/ --final-window 0.1 --out compare/",
-    )
-    parser.add_argument(
-        "runs", nargs="+", metavar="RUNS", help="run directories, or folders searched recursively for them"
-    )
-    parser.add_argument(
-        "--final-window",
-        type=float,
-        default=FINAL_WINDOW,
-        metavar="FRACTION",
-        help="final success = mean of the evaluations in this last fraction of each run's steps, at least its last "
-        f"evaluation (never the max over training); default {FINAL_WINDOW}",
-    )
-    parser.add_argument("--out", default="compare", metavar="DIR", help="output folder (default: compare/)")
-    parser.add_argument(
-        "--baseline",
-        default=None,
-        metavar="METHOD",
-        help="method label for P(improvement); default: plain `mean` without regularizers if present, else the first",
-    )
-    parser.add_argument("--reps", type=int, default=2000, help="bootstrap replications (default 2000)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-    parser.add_argument(
-        "--include-unfinished",
-        action="store_true",
-        help="also compare runs whose last evaluation is before 95%% of total_steps (set apart by default)",
-    )
-    parser.add_argument(
-        "--write-hparams",
-        action="store_true",
-        help="write a TensorBoard HParams summary (config + final success) into runs that lack one",
-    )
-    return parser
+@dataclass(frozen=True)
+class CompareArgs:
+    """Compare training runs of mtrl: final success per seed, IQM over seeds with 95% bootstrap CIs, probability of
+    improvement over a baseline, per-task success, steps/s and wall-clock. Runs are grouped into methods by the
+    config keys that differ between them (seed excluded); runs of different settings (benchmark, protocol, reward
+    version, episode length, total_steps, evaluation schedule) are never pooled but compared separately. Writes
+    success_curves.png, iqm.png and summary.md into --out and prints the summary table.
+    Example: mtrl compare runs/ --final-window 0.1 --out compare/"""
+
+    runs: tyro.conf.Positional[tuple[str, ...]]
+    """Run directories, or folders searched recursively for them."""
+    final_window: float = FINAL_WINDOW
+    """Final success = mean of the evaluations in this last fraction of each run's steps, at least its last
+    evaluation (never the max over training)."""
+    out: str = "compare"
+    """Output folder."""
+    baseline: str = ""
+    """Method label for P(improvement); empty: plain `mean` without regularizers if present, else the first."""
+    reps: int = 2000
+    """Bootstrap replications."""
+    seed: int = 0
+    """Seed of the bootstrap."""
+    include_unfinished: bool = False
+    """Also compare runs whose last evaluation is before 95% of total_steps (set apart by default)."""
+    write_hparams: bool = False
+    """Write a TensorBoard HParams summary (config + final success) into runs that lack one."""
 
 
 def cli(argv: list[str]) -> int:
     """``mtrl compare``: returns the exit code (0 ok, 2 user error with a one-line message on stderr)."""
-    parser = build_parser()
+    from mtrl.config import ConfigError, parse
+    from mtrl.rundir import check_output_dir
+
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    try:
+        try:
+            args = parse(CompareArgs, argv, prog="mtrl compare", flags=True, hyphens=True)
+        except SystemExit as exc:  # --help
+            return int(exc.code or 0)
+        if not args.runs:
+            raise ConfigError("runs: give at least one run directory or folder of runs")
+        if args.seed < 0:
+            raise ConfigError(f"--seed: got {args.seed}, expected an integer >= 0")
+        check_output_dir(args.out, "--out")
         result = compare(
             args.runs,
             out=args.out,
             final_window=args.final_window,
-            baseline=args.baseline,
+            baseline=args.baseline or None,
             reps=args.reps,
             seed=args.seed,
             include_unfinished=args.include_unfinished,
             hparams=args.write_hparams,
         )
-    except CompareError as exc:
+    except (CompareError, ConfigError) as exc:
         print(f"mtrl compare: error: {exc}", file=sys.stderr)
         return 2
     for s in result.settings:

@@ -1,30 +1,49 @@
-"""Frozen dataclass configs, one docstring per field, and the flat ``dotted.key: value`` layer shared by YAML
-presets, the command line and the ``config.yaml`` saved in every run directory.
+"""Frozen dataclass configs (one docstring per field) read by tyro, and the flat ``dotted.key: value`` form of them
+used by YAML presets, the ``config.yaml`` of every run directory and checkpoints.
 
-A combiner is a tagged union: ``combiner`` (or ``combiner.name``) names one entry of :data:`mtrl.mto.COMBINERS`,
-and ``combiner.<option>`` sets that combiner's own typed options.
+The command line is tyro's (:func:`parse`): ``--dotted.key value`` for every field, the combiner a tagged union of
+the combiner configs of :data:`mtrl.mto.COMBINERS` (``--combiner NAME`` or tyro's ``combiner:NAME``, then
+``--combiner.OPTION value``). A flat mapping goes through the same parser (:func:`from_flat`), so a preset, a saved
+config and the command line accept the same keys and values. Values are parsed into their types here; what depends
+on the number of tasks or on other fields is checked by :func:`mtrl.train.check_config` before anything starts.
 """
 
 from __future__ import annotations
 
-import ast
+import contextlib
 import dataclasses
-import inspect
-import textwrap
+import difflib
+import io
+import math
+import os
+import re
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, Union
 
+import tyro
 import yaml
+from tyro.constructors import ConstructorRegistry, PrimitiveConstructorSpec, PrimitiveTypeInfo
 
-from mtrl.envs.base import benchmark_kind, benchmark_num_tasks
-from mtrl.mto import COMBINERS
+from mtrl.mto import COMBINERS, CombinerConfigBase
 from mtrl.mto.mean import MeanConfig
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A bad config value; the message is one line: the field, what was given, what is allowed."""
+
+
+if typing.TYPE_CHECKING:
+    CombinerConfig = CombinerConfigBase
+else:  # built at run time from the registry: one tyro subcommand ``combiner:NAME`` per combiner config
+    CombinerConfig = Union[  # noqa: UP007
+        tuple(Annotated[cls, tyro.conf.subcommand(name, prefix_name=True)] for name, cls in COMBINERS.items())
+    ]
+"""Any combiner config of :data:`mtrl.mto.COMBINERS` (tyro subcommands ``combiner:NAME``)."""
 
 
 @dataclass(frozen=True)
@@ -49,12 +68,6 @@ class EnvConfig:
     trained on (a generalization check; toy env: goals rotated between the training ones)."""
     toy_tasks: int = 4
     """Number of tasks of the toy env."""
-
-    @property
-    def num_tasks(self) -> int:
-        """K without building the env: toy -> toy_tasks, MT10 -> 10, MT50 -> 50, MT1-<task> -> 1, a task list -> its
-        length."""
-        return benchmark_num_tasks(self.benchmark, self.toy_tasks)
 
 
 @dataclass(frozen=True)
@@ -185,8 +198,9 @@ class TrainConfig:
     """Multi-task SAC agent."""
     buffer: BufferConfig = field(default_factory=BufferConfig)
     """Replay buffer."""
-    combiner: Any = field(default_factory=MeanConfig)
-    """Combiner of the per-task losses/gradients; one of: {combiners}."""
+    combiner: CombinerConfig = field(default_factory=MeanConfig)
+    """Combiner of the per-task losses/gradients (`--combiner NAME`, its options `--combiner.OPTION`; `mtrl train
+    --combiner NAME --help` lists them)."""
     combine_critic: bool = True
     """Apply the combiner to the critic update."""
     combine_actor: bool = True
@@ -195,89 +209,287 @@ class TrainConfig:
     """Apply the combiner (own instance) to the temperature update; off = plain mean."""
 
 
-# ----------------------------------------------------------------------------------------------- flat key layer
+# ----------------------------------------------------------------------------------------------- parsing (tyro)
 
-_TAGGED = {"combiner": COMBINERS}
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _parse_bool(args: list[str]) -> bool:
+    value = args[0].lower()
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise ValueError(f"got {args[0]!r}, expected true or false")
+
+
+def _parse_int(args: list[str]) -> int:
+    text = args[0].replace("_", "")
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        raise ValueError(f"got {args[0]!r}, expected an integer") from None
+    if not (math.isfinite(number) and number.is_integer()):
+        raise ValueError(f"got {args[0]!r}, expected an integer")
+    return int(number)
+
+
+def _parse_float(args: list[str]) -> float:
+    try:
+        number = float(args[0].replace("_", ""))
+    except ValueError:
+        raise ValueError(f"got {args[0]!r}, expected a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"got {args[0]!r}, expected a finite number")
+    return number
+
+
+def _primitive_spec(info: PrimitiveTypeInfo) -> PrimitiveConstructorSpec | None:
+    """bool as ``true/false`` (any case, also yes/no/on/off/1/0), int with ``1e6`` and ``2_000_000``, float finite."""
+    if info.type is bool:
+        return PrimitiveConstructorSpec(
+            nargs=1,
+            metavar="{true,false}",
+            instance_from_str=_parse_bool,
+            is_instance=lambda x: isinstance(x, bool),
+            str_from_instance=lambda x: ["true" if x else "false"],
+        )
+    if info.type is int:
+        return PrimitiveConstructorSpec(
+            nargs=1,
+            metavar="INT",
+            instance_from_str=_parse_int,
+            is_instance=lambda x: isinstance(x, int) and not isinstance(x, bool),
+            str_from_instance=lambda x: [str(x)],
+        )
+    if info.type is float:
+        return PrimitiveConstructorSpec(
+            nargs=1,
+            metavar="FLOAT",
+            instance_from_str=_parse_float,
+            is_instance=lambda x: isinstance(x, (int, float)) and not isinstance(x, bool),
+            str_from_instance=lambda x: [repr(float(x))],
+        )
+    return None
+
+
+_MARKERS = (tyro.conf.FlagConversionOff, tyro.conf.CascadeSubcommandArgs)
+
+REGISTRY = ConstructorRegistry()
+REGISTRY.primitive_rule(_primitive_spec)
+_FLAG_REGISTRY = ConstructorRegistry()  # booleans left to tyro: flags
+_FLAG_REGISTRY.primitive_rule(lambda info: None if info.type is bool else _primitive_spec(info))
+
+
+def option_keys(cls: type) -> dict[str, Any]:
+    """Every option of a config dataclass as ``{dotted.key: type}``; union fields list each member's options under
+    the field's prefix (``combiner.c``), and the union field itself (``combiner``)."""
+    keys: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        members = _union_members(tp)
+        if members:
+            keys[f.name] = tp
+            for member in members:
+                keys.update({f"{f.name}.{k}": v for k, v in option_keys(member).items()})
+        elif dataclasses.is_dataclass(tp):
+            keys.update({f"{f.name}.{k}": v for k, v in option_keys(tp).items()})  # type: ignore[arg-type]
+        else:
+            keys[f.name] = tp
+    return keys
+
+
+def _union_members(tp: Any) -> list[Any]:
+    if typing.get_origin(tp) is not Union:
+        return []
+    out = []
+    for arg in typing.get_args(tp):
+        inner = typing.get_args(arg)[0] if typing.get_origin(arg) is Annotated else arg
+        if dataclasses.is_dataclass(inner):
+            out.append(inner)
+    return out
+
+
+def _normalize(argv: Sequence[str], shorthands: dict[str, str]) -> list[str]:
+    """Command-line spelling to tyro's: ``--a-b`` -> ``--a_b``, ``--key=value`` -> ``--key value``, ``--combiner
+    NAME`` -> ``combiner:NAME``, and ``shorthands`` (``--agent X`` -> ``--agent.kind X``)."""
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        arg = items[i]
+        if arg.startswith("--") and len(arg) > 2:
+            key, eq, value = arg[2:].partition("=")
+            key = key.replace("-", "_")
+            if key == "combiner" and not eq and i + 1 < len(items) and not items[i + 1].startswith("-"):
+                out.append(f"combiner:{items[i + 1]}")
+                i += 2
+                continue
+            if key == "combiner" and eq:
+                out.append(f"combiner:{value}")
+                i += 1
+                continue
+            key = shorthands.get(key, key)
+            out += [f"--{key}", value] if eq else [f"--{key}"]
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
+def _split_lists(args: list[str], known: dict[str, Any]) -> list[str]:
+    """``--key a,b,c`` (or ``"a b c"``) -> ``--key a b c`` for tuple-typed options."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        previous = args[i - 1] if i else ""
+        is_tuple = previous.startswith("--") and typing.get_origin(known.get(previous[2:])) in (tuple, list)
+        if is_tuple and not arg.startswith("--") and ("," in arg or " " in arg.strip()):
+            out += [part for part in re.split(r"[,\s]+", arg.strip()) if part]
+        else:
+            out.append(arg)
+    return out
+
+
+def _tyro_message(text: str) -> str:
+    """tyro's multi-line error box as one line, in this package's words (field: got X, expected Y)."""
+    lines = [ln.strip(" │╭╮╰╯─-") for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln]
+    body = " ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else "invalid arguments")
+    body = " ".join(body.split())
+    m = re.search(r"Error parsing --([\w.-]+): (.*?)(?: Argument helptext:.*)?$", body)
+    if m:
+        return f"{m.group(1)}: {m.group(2)}"
+    m = re.search(r"invalid choice '(.*?)' for argument '--([\w.-]+)'\. Expected one of \((.*?)\)", body)
+    if m:
+        allowed = ", ".join(x.strip().strip("'\"") for x in m.group(3).split(","))
+        return f"{m.group(2)}: got {m.group(1)!r}, expected one of {allowed}"
+    m = re.search(r"Missing value for argument '--([\w.-]+)'", body)
+    if m:
+        return f"{m.group(1)}: needs a value"
+    m = re.search(r"Unrecognized options: (\S+)", body)
+    if m:
+        return f"unexpected argument {m.group(1).rstrip(',')!r}"
+    return body.split(" For full helptext")[0]
+
+
+def parse(
+    cls: type[T],
+    argv: Sequence[str],
+    *,
+    default: T | None = None,
+    prog: str | None = None,
+    description: str | None = None,
+    shorthands: dict[str, str] | None = None,
+    where: str = "",
+    flags: bool = False,
+    hyphens: bool = False,
+) -> T:
+    """Parse ``argv`` into ``cls`` with tyro; ``--help`` prints tyro's help and exits 0.
+
+    :param default: the values of options not given (a preset), default ``cls()``.
+    :param shorthands: extra ``--key`` spellings (``{"agent": "agent.kind"}``).
+    :param where: prefix of error messages (e.g. the preset file).
+    :param flags: booleans are flags (``--dry-run``, ``--no-dry-run``) instead of ``--key true|false``.
+    :param hyphens: options are spelled ``--final-window`` in help and messages (the config keys of ``mtrl train``
+        keep their underscores); either spelling is accepted.
+    :raises ConfigError: one line naming the option, the value given and what is allowed.
+    """
+    known = option_keys(cls)
+    args = _split_lists(_normalize(argv, shorthands or {}), known)
+
+    def shown(key: str) -> str:
+        return key.replace("_", "-") if hyphens else key
+
+    for arg in args:
+        if arg.startswith("--") and arg not in ("--help",):
+            key = arg[2:]
+            negated = flags and key.startswith("no_") and known.get(key[3:]) is bool
+            if key not in known and not negated and any(k.startswith(key + ".") for k in known):
+                raise ConfigError(f"{where}{key}: is a section; set its fields as --{key}.<field>")
+            if key not in known and not negated:
+                close = difflib.get_close_matches(key, list(known), n=1)
+                hint = f"; did you mean --{shown(close[0])}?" if close else ""
+                raise ConfigError(f"{where}unknown option --{shown(key)}{hint}")
+        elif ":" in arg and not arg.startswith("-"):
+            prefix, _, name = arg.partition(":")
+            members = {p.partition(":")[0] for p in known if "." not in p and _union_members(known[p])}
+            if prefix in members and name not in COMBINERS:
+                close = difflib.get_close_matches(name, list(COMBINERS), n=1)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                raise ConfigError(f"{where}{prefix}: got {name!r}, expected one of {', '.join(COMBINERS)}{hint}")
+    if hyphens:
+        args = [a.replace("_", "-") if a.startswith("--") else a for a in args]
+    markers = (tyro.conf.CascadeSubcommandArgs,) if flags else _MARKERS
+    registry = _FLAG_REGISTRY if flags else REGISTRY
+    hint = _combiner_hint(args, default)
+    if hint:
+        raise ConfigError(where + hint)
+    buf = io.StringIO()
+    old_columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "1000"  # tyro wraps its messages at the terminal width
+    try:
+        if "--help" in args or "-h" in args:
+            return tyro.cli(  # type: ignore[return-value]
+                cls, args=args, default=default, prog=prog, description=description, use_underscores=not hyphens,
+                registry=registry, config=markers,
+            )  # fmt: skip
+        with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(buf):
+            return tyro.cli(  # type: ignore[return-value]
+                cls, args=args, default=default, prog=prog, description=description, use_underscores=not hyphens,
+                registry=registry, config=markers,
+            )  # fmt: skip
+    except SystemExit as exc:
+        if exc.code == 0:
+            raise
+        message = _tyro_message(buf.getvalue())
+        if message.startswith("Missing from"):  # a required positional argument
+            required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]  # type: ignore[arg-type]
+            message = f"{required[0] if required else 'argument'}: needs a value (see {prog or 'the command'} --help)"
+        m = re.match(r"([\w.-]+): Could not find valid parse for arguments: \[(.*)\]$", message)
+        if m:
+            inner = typing.get_args(known.get(str(m.group(1)).replace("-", "_")))
+            what = "numbers" if inner and inner[0] is float else "integers" if inner and inner[0] is int else "values"
+            message = f"{m.group(1)}: got {m.group(2).replace(chr(39), '')}, expected {what}"
+        raise ConfigError(where + message) from None
+    finally:
+        if old_columns is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = old_columns
+
+
+def _combiner_hint(args: list[str], default: Any) -> str:
+    """For an option of another combiner than the chosen one, the one-line reason; else ''."""
+    chosen = next((a.partition(":")[2] for a in args if a.startswith("combiner:")), None)
+    if chosen is None and default is not None and hasattr(default, "combiner"):
+        chosen = combiner_name(default.combiner)
+    chosen = chosen or "mean"
+    own = {f.name for f in dataclasses.fields(COMBINERS[chosen])} if chosen in COMBINERS else set()
+    for arg in args:
+        if arg.startswith("--combiner."):
+            option = arg[len("--combiner.") :]
+            if option not in own:
+                owners = [n for n, c in COMBINERS.items() if option in {f.name for f in dataclasses.fields(c)}]
+                if not owners:
+                    return ""  # an unknown key: reported as such
+                return (
+                    f"combiner.{option}: not an option of combiner '{chosen}' (its options: "
+                    f"{', '.join(sorted(own)) or 'none'}); {option} is an option of {', '.join(owners)}"
+                )
+    return ""
+
+
+# ----------------------------------------------------------------------------------------------- flat key layer
 
 
 def combiner_name(cfg: Any) -> str:
     """The command-line name of a combiner config instance."""
-    for name, cls in COMBINERS.items():
-        if type(cfg) is cls:
-            return name
-    raise ConfigError(f"unknown combiner config type {type(cfg).__name__}")
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings (the string literal under each field) of a dataclass, by field name."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return {}
-    docs: dict[str, str] = {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _allowed(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
-    if tp is bool:
-        return "true or false"
-    return f"a{'n' if tp is int else ''} {getattr(tp, '__name__', str(tp))}"
-
-
-def _coerce(key: str, raw: Any, tp: Any) -> Any:
-    """Convert ``raw`` (a YAML value or a command-line string) to ``tp``, or raise a one-line ConfigError."""
-    bad = ConfigError(f"{key}: got {raw!r}, expected {_allowed(tp)}")
-    if typing.get_origin(tp) is Literal:
-        options = typing.get_args(tp)
-        for opt in options:
-            if raw == opt or str(raw) == str(opt):
-                return opt
-        raise bad
-    if tp is bool:
-        if isinstance(raw, bool):
-            return raw
-        if isinstance(raw, str) and raw.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            return raw.lower() in ("true", "1", "yes", "on")
-        raise bad
-    if tp is int:
-        if isinstance(raw, bool):
-            raise bad
-        if isinstance(raw, int):
-            return raw
-        try:
-            as_float = float(str(raw).replace("_", ""))
-        except ValueError:
-            raise bad from None
-        if not as_float.is_integer():
-            raise bad
-        return int(as_float)
-    if tp is float:
-        if isinstance(raw, bool):
-            raise bad
-        try:
-            return float(raw)
-        except (TypeError, ValueError):
-            raise bad from None
-    if tp is str:
-        if isinstance(raw, (dict, list)):
-            raise bad
-        return str(raw)
-    if typing.get_origin(tp) in (tuple, list):
-        items = raw if isinstance(raw, (list, tuple)) else [s for s in str(raw).replace(",", " ").split() if s]
-        (inner, *_) = typing.get_args(tp) or (str,)
-        return tuple(_coerce(key, item, inner) for item in items)
-    raise bad
+    if type(cfg) not in COMBINERS.values():
+        raise ConfigError(f"unknown combiner config type {type(cfg).__name__}")
+    return str(cfg.name)
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -292,57 +504,40 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _apply(obj: Any, items: dict[str, Any], prefix: str) -> Any:
-    """Return a copy of dataclass ``obj`` with flat ``items`` (keys relative to ``prefix``) applied."""
-    cls = type(obj)
-    hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    changes: dict[str, Any] = {}
-    for name in names:
-        full = prefix + name
-        if name in _TAGGED and not prefix:
-            variants = _TAGGED[name]
-            current = getattr(obj, name)
-            chosen = items.get(full, items.get(full + ".name"))
-            if chosen is not None:
-                if str(chosen) not in variants:
-                    raise ConfigError(f"{full}: got {chosen!r}, expected one of {', '.join(variants)}")
-                if type(current) is not variants[str(chosen)]:
-                    current = variants[str(chosen)]()
-            sub = {k: v for k, v in items.items() if k.startswith(full + ".") and k != full + ".name"}
-            changes[name] = _apply(current, sub, full + ".")
-            continue
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            sub = {k: v for k, v in items.items() if k.startswith(full + ".")}
-            if full in items:
-                if "kind" not in {f.name for f in dataclasses.fields(tp)}:
-                    raise ConfigError(f"{full}: is a section; set its fields as {full}.<field>")
-                sub.setdefault(full + ".kind", items[full])
-            changes[name] = _apply(getattr(obj, name), sub, full + ".")
-        elif full in items:
-            changes[name] = _coerce(full, items[full], tp)
-    known = {prefix + n for n in names}
-    for key in items:
-        if not any(key == k or key.startswith(k + ".") for k in known):
-            raise ConfigError(f"unknown config key '{key}'; valid keys here: {', '.join(sorted(known))}")
-    return dataclasses.replace(obj, **changes)
+def _as_args(items: dict[str, Any]) -> list[str]:
+    """Flat ``{key: value}`` -> command-line tokens (the combiner's subcommand first)."""
+    args: list[str] = []
+    for key, value in items.items():
+        key = key.replace("-", "_")
+        if key in ("combiner", "combiner.name"):
+            args.insert(0, f"combiner:{value}")
+        elif isinstance(value, (list, tuple)):
+            args += [f"--{key}", *(str(v) for v in value)]
+        elif isinstance(value, bool):
+            args += [f"--{key}", "true" if value else "false"]
+        elif isinstance(value, dict):
+            raise ConfigError(f"{key}: is a section; set its fields as {key}.<field>")
+        else:
+            args += [f"--{key}", "" if value is None else str(value)]
+    return args
 
 
-def from_flat(items: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
-    """Apply flat ``dotted.key: value`` items to ``base`` (default: the embedded defaults) and validate."""
-    cfg = _apply(base or TrainConfig(), {k.replace("-", "_"): v for k, v in items.items()}, "")
-    validate(cfg)
-    return cfg
+def from_flat(items: dict[str, Any], base: TrainConfig | None = None, where: str = "") -> TrainConfig:
+    """Apply flat ``dotted.key: value`` items (YAML values or strings) to ``base`` (default: the embedded defaults)
+    through the command-line parser. Not validated against K: see :func:`mtrl.train.check_config`.
+
+    :param where: prefix of error messages (e.g. ``"--config 'x.yaml': "``).
+    """
+    return parse(TrainConfig, _as_args(flatten(items)), default=base, shorthands={"agent": "agent.kind"}, where=where)
 
 
 def to_flat(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """The inverse of :func:`from_flat`: every field as ``dotted.key: value`` (tagged unions write ``.name``)."""
+    """The inverse of :func:`from_flat`: every field as ``dotted.key: value`` (the combiner's name under its key)."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         key = prefix + f.name
-        if f.name in _TAGGED and not prefix:
+        if type(value) in COMBINERS.values():
             out[key] = combiner_name(value)
             out.update(to_flat(value, key + "."))
         elif dataclasses.is_dataclass(value):
@@ -353,13 +548,18 @@ def to_flat(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def read_mapping(path: str | Path, label: str, expected: str = "a mapping of config keys to values") -> dict:
-    """Read a YAML file holding a mapping; one-line ConfigErrors, prefixed with ``label``, for missing or malformed
-    files."""
+    """Read a YAML file holding a mapping; one-line ConfigErrors, prefixed with ``label``, for missing, unreadable,
+    non-UTF-8 or malformed files."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{label}: file '{path}' does not exist")
+        what = "is a directory" if p.is_dir() else "does not exist"
+        raise ConfigError(f"{label}: '{path}' {what}; expected a YAML file")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{label}: '{path}' is not UTF-8 text; expected a YAML file") from None
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read '{path}' ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{label}: '{path}' is not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -386,105 +586,10 @@ def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
     return {**load_yaml(base_path, (*_chain, p)), **items}
 
 
+def load_preset(path: str | Path) -> TrainConfig:
+    """A preset file as a config (not yet checked against K)."""
+    return from_flat(load_yaml(path), where=f"--config '{path}': ")
+
+
 def dump_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(to_flat(cfg), sort_keys=False)
-
-
-_POSITIVE = ("total_steps", "updates_per_step", "log_interval", "checkpoint_interval", "eval_episodes")
-_NON_NEGATIVE = ("warmup_steps", "eval_interval", "video_interval", "threads", "env.max_episode_steps")
-
-
-def validate(cfg: TrainConfig) -> None:
-    """Check values that types alone cannot; raise a one-line ConfigError naming the field."""
-    flat = to_flat(cfg)
-    for key in _POSITIVE:
-        if flat[key] <= 0:
-            raise ConfigError(f"{key}: got {flat[key]}, expected a positive integer")
-    for key in _NON_NEGATIVE:
-        if flat[key] < 0:
-            raise ConfigError(f"{key}: got {flat[key]}, expected an integer >= 0")
-    for net in ("agent.actor", "agent.critic"):
-        for key in ("hidden_dim", "num_layers"):
-            if flat[f"{net}.{key}"] <= 0:
-                raise ConfigError(f"{net}.{key}: got {flat[f'{net}.{key}']}, expected a positive integer")
-        if not 0.0 <= flat[f"{net}.dropout"] < 1.0:
-            raise ConfigError(f"{net}.dropout: got {flat[f'{net}.dropout']}, expected a probability in [0, 1)")
-        for key in ("lr",):
-            if flat[f"{net}.{key}"] <= 0:
-                raise ConfigError(f"{net}.{key}: got {flat[f'{net}.{key}']}, expected a positive number")
-        for key in ("weight_decay", "max_grad_norm"):
-            if flat[f"{net}.{key}"] < 0:
-                raise ConfigError(f"{net}.{key}: got {flat[f'{net}.{key}']}, expected a number >= 0")
-    for key in ("agent.alpha_lr", "agent.init_temperature", "agent.adam_eps"):
-        if flat[key] <= 0:
-            raise ConfigError(f"{key}: got {flat[key]}, expected a positive number")
-    if not flat["agent.q_value_max"] >= 0:
-        raise ConfigError(f"agent.q_value_max: got {flat['agent.q_value_max']}, expected a number >= 0 (0 = off)")
-    if not 0.0 <= flat["agent.gamma"] < 1.0:
-        raise ConfigError(f"agent.gamma: got {flat['agent.gamma']}, expected a number in [0, 1)")
-    if not 0.0 < flat["agent.tau"] <= 1.0:
-        raise ConfigError(f"agent.tau: got {flat['agent.tau']}, expected a number in (0, 1]")
-    if cfg.agent.group_size < 1:
-        raise ConfigError(f"agent.group_size: got {cfg.agent.group_size}, expected a positive integer")
-    if cfg.agent.optimizer_per_group and cfg.agent.regroup:
-        raise ConfigError(
-            "agent.optimizer_per_group: got true with agent.regroup true; one optimizer per group needs fixed groups"
-        )
-    if cfg.eval_mode == "async" and cfg.agent.kind == "single_task":
-        raise ConfigError(
-            "eval_mode: got 'async' with agent.kind single_task, which evaluates in its loop; use auto or sync"
-        )
-    if cfg.env.toy_tasks < 1:
-        raise ConfigError(f"env.toy_tasks: got {cfg.env.toy_tasks}, expected a positive integer")
-    if cfg.buffer.batch_size <= 0 or cfg.buffer.capacity <= 0:
-        bad = "buffer.batch_size" if cfg.buffer.batch_size <= 0 else "buffer.capacity"
-        raise ConfigError(f"{bad}: got {flat[bad]}, expected a positive integer")
-    bench = cfg.env.benchmark
-    kind = benchmark_kind(bench)
-    if kind is None:
-        raise ConfigError(
-            f"env.benchmark: got {bench!r}, expected toy, MT10, MT50, MT1-<task> (e.g. MT1-reach-v3) or a "
-            "comma-separated list of Meta-World v3 tasks (e.g. reach-v3,push-v3)"
-        )
-    if kind == "custom":
-        from mtrl.envs.base import custom_tasks
-
-        names = custom_tasks(bench)
-        dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
-        if dup is not None:
-            raise ConfigError(f"env.benchmark: task {dup!r} is listed twice in {bench!r}; list each task once")
-    if combiner_name(cfg.combiner) == "famo" and (cfg.combine_actor or cfg.combine_alpha):
-        raise ConfigError(
-            "combiner: famo needs losses bounded below and the SAC actor/alpha losses are not; add "
-            "--combine_actor false (critic only, as in the FAMO paper's MT10 runs)"
-        )
-    check = getattr(cfg.combiner, "validate", None)
-    if check is not None:
-        try:
-            check()
-        except ValueError as exc:  # combiner configs raise plain ValueErrors with one-line messages
-            raise ConfigError(str(exc)) from None
-
-
-def help_rows(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, doc) for every leaf field, for ``--help``."""
-    rows: list[tuple[str, str, str]] = []
-    docs = field_docs(cls)
-    default = cls()
-    for f in dataclasses.fields(cls):
-        key = prefix + f.name
-        value = getattr(default, f.name)
-        doc = docs.get(f.name, "")
-        if f.name in _TAGGED and not prefix:
-            doc = doc.replace("{combiners}", ", ".join(COMBINERS))
-            rows.append((key, combiner_name(value), doc))
-            for name, variant in COMBINERS.items():
-                for sub_key, sub_default, sub_doc in help_rows(variant, f"{key}."):
-                    rows.append((sub_key, sub_default, f"[{name}] {sub_doc}"))
-        elif dataclasses.is_dataclass(value):
-            rows.extend(help_rows(type(value), key + "."))
-        else:
-            tp = _hints(cls)[f.name]
-            allowed = f" ({_allowed(tp)})" if typing.get_origin(tp) is Literal else ""
-            rows.append((key, str(value), doc + allowed))
-    return rows

@@ -33,6 +33,38 @@ class EvalResult(NamedTuple):
     returns: np.ndarray  # [K, episodes] undiscounted episode returns
 
 
+class CheckpointEval(NamedTuple):
+    """What :func:`evaluate_checkpoint` measured."""
+
+    task_names: list[str]
+    episodes: int  # per task
+    step: int  # of the checkpoint
+    result: EvalResult
+
+
+def evaluate_checkpoint(
+    path: str, episodes: int | None, sim_seed: int | None, eval_goals: str | None, device: str
+) -> CheckpointEval:
+    """``mtrl evaluate``: a checkpoint's deterministic policy on its run's evaluation env.
+
+    :param episodes: per task (None: the run's ``eval_episodes``).
+    :param sim_seed: simulator seed (None: the run's evaluation seed); the goals are always the run's.
+    :param eval_goals: ``train`` or ``fresh`` (None: the run's ``env.eval_goals``).
+    """
+    from dataclasses import replace
+
+    from mtrl.envs import eval_seed
+    from mtrl.train import restore
+
+    cfg, agent, state = restore(path, device)
+    env_cfg = cfg.env if eval_goals is None else replace(cfg.env, eval_goals=eval_goals)  # type: ignore[arg-type]
+    seed = eval_seed(cfg.seed) if sim_seed is None else sim_seed
+    n = episodes or cfg.eval_episodes
+    with contextlib.closing(make_env(env_cfg, cfg.seed, evaluation=True, sim_seed=seed)) as env:
+        result = evaluate(lambda o: agent.act(o, deterministic=True), env, n, seed=seed)
+    return CheckpointEval(list(state["task_names"]), n, int(state["step"]), result)
+
+
 def evaluate(policy: Policy, env: MultiTaskVecEnv, episodes: int, seed: int | None = None) -> EvalResult:
     """Run every task until it has finished ``episodes`` episodes; episodes beyond that are ignored.
 

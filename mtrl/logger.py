@@ -1,10 +1,10 @@
-"""TensorBoard helpers beyond plain scalars."""
+"""TensorBoard helpers beyond plain scalars, and the training-episode log."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import imageio.v2 as imageio
 import numpy as np
@@ -12,7 +12,28 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+if TYPE_CHECKING:
+    from mtrl.envs.base import StepResult
+
 HPARAMS_SUFFIX = ".hparams"
+
+
+class EpisodeLog:
+    """Return and any-step success of each task's current training episode; logs the episodes that end."""
+
+    def __init__(self, num_tasks: int) -> None:
+        self.ret = np.zeros(num_tasks)
+        self.success = np.zeros(num_tasks, dtype=bool)
+
+    def add(self, res: StepResult, writer: SummaryWriter, step: int) -> None:
+        """Account for one vector step; ``step`` is the global step after it."""
+        self.ret += res.reward
+        self.success |= res.success
+        ended = res.terminated | res.truncated
+        if ended.any():
+            writer.add_scalar("charts/episodic_return", float(self.ret[ended].mean()), step)
+            writer.add_scalar("charts/episodic_success", float(self.success[ended].mean()), step)
+            self.ret[ended], self.success[ended] = 0.0, False
 
 
 def write_hparams(

@@ -18,11 +18,11 @@ schedule, the buffer kind and ``eval_mode`` (evaluation runs in the training loo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gymnasium as gym
 import numpy as np
@@ -33,10 +33,14 @@ from stable_baselines3.common.logger import Logger
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from mtrl.config import ConfigError, TrainConfig, dump_yaml
-from mtrl.envs import benchmark_label, eval_seed, make_env
+from mtrl.config import TrainConfig, dump_yaml
 from mtrl.evaluate import evaluate
-from mtrl.train import EpisodeLog, _update_meta, pick_device, prepare_run_dir, record_final_success
+from mtrl.logger import EpisodeLog
+from mtrl.rundir import Interrupted, prepare_run_dir, record_final_success, stop_on_signals, update_meta
+from mtrl.utils import pick_device
+
+if TYPE_CHECKING:
+    from mtrl.envs.base import MultiTaskVecEnv
 
 MODELS_DIR = "single_task"
 # SB3 logger key -> our TensorBoard key (mean over tasks)
@@ -53,15 +57,6 @@ class _SpacesOnly(gym.Env):
     def __init__(self, obs_dim: int, act_dim: int) -> None:
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (act_dim,), np.float32)
-
-
-def check_resumable(cfg: TrainConfig) -> None:
-    """Raise the one-line error for ``--resume`` of a single-task run (its replay buffers are not saved).
-
-    :param cfg: the run's config; only ``agent.kind == "single_task"`` raises.
-    """
-    if cfg.agent.kind == "single_task":
-        raise ConfigError("agent.kind: resume is not supported for single_task runs; start a new run")
 
 
 def make_model(cfg: TrainConfig, obs_dim: int, act_dim: int, num_tasks: int, task: int, device: torch.device) -> SAC:
@@ -136,31 +131,39 @@ def _train_logs(models: list[SAC], names: list[str]) -> dict[str, float]:
     return logs
 
 
-def train_single_task(cfg: TrainConfig, *, command: str = "", progress: bool = True) -> Path:
-    """Train one SB3 SAC per task in lockstep and write a run directory like :func:`mtrl.train.train`.
+def train_single_task(
+    cfg: TrainConfig,
+    env: MultiTaskVecEnv,
+    eval_env: MultiTaskVecEnv,
+    eval_seed: int,
+    *,
+    name_prefix: str,
+    command: str = "",
+    progress: bool = True,
+) -> Path:
+    """Train one SB3 SAC per task in lockstep on ``env`` and write a run directory like :func:`mtrl.train.train`.
 
-    :param cfg: the config (``agent.kind`` is expected to be ``single_task``; see the module docstring for the
-        fields used). An empty ``run_name`` becomes ``{benchmark}__single_task__s{seed}__{timestamp}``.
+    :param cfg: the config, checked (``agent.kind`` single_task; see the module docstring for the fields used).
+    :param env: the training env; ``eval_env`` the evaluation env (the run's goals), reset with ``eval_seed``. Both
+        are closed here.
+    :param name_prefix: ``{benchmark}__single_task``: an empty ``run_name`` becomes ``{name_prefix}__s{seed}__{time}``.
     :param command: the command line, written to ``command.txt``.
     :param progress: show a progress bar with steps/s.
-    :returns: the run directory.
+    :returns: the run directory. SIGINT / SIGTERM save the models and raise :class:`~mtrl.rundir.Interrupted`.
     """
     device = pick_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    env = make_env(cfg.env, cfg.seed)
-    eval_env = make_env(cfg.env, cfg.seed, evaluation=True)  # the run's goals, simulator seed eval_seed(seed)
     k, names = env.num_tasks, env.task_names
     models = [make_model(cfg, env.obs_dim, env.act_dim, k, t, device) for t in range(k)]
-    if not cfg.run_name:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        cfg = replace(cfg, run_name=f"{benchmark_label(cfg.env.benchmark)}__single_task__s{cfg.seed}__{stamp}")
-    cfg, run = prepare_run_dir(cfg, k, command)
+    cfg, run = prepare_run_dir(cfg, name_prefix, command)
     writer = SummaryWriter(str(run))
     writer.add_text("config", "```\n" + dump_yaml(cfg) + "```")
 
     def act(obs: np.ndarray, deterministic: bool) -> np.ndarray:  # [K, obs] -> [K, act]
         return np.stack([m.predict(o, deterministic=deterministic)[0] for m, o in zip(models, obs)])
+
+    def save(step: int) -> None:
+        save_models(models, names, run / MODELS_DIR)
+        update_meta(run, wall_clock_s=round(time.perf_counter() - t0, 2), final_step=step)
 
     buffers = [m.replay_buffer for m in models if m.replay_buffer is not None]  # [K]
     rng = np.random.default_rng(cfg.seed)
@@ -169,42 +172,44 @@ def train_single_task(cfg: TrainConfig, *, command: str = "", progress: bool = T
     t0 = t_log = time.perf_counter()
     step_log, trained = 0, False
     bar = tqdm(total=cfg.total_steps, desc=run.name, unit="step", disable=not progress, dynamic_ncols=True)
-    for step in range(cfg.total_steps):
-        action = rng.uniform(-1.0, 1.0, (k, env.act_dim)) if step < cfg.warmup_steps else act(obs, False)
-        res = env.step(action)
-        for buffer, *transition in zip(buffers, obs, res.next_obs, action, res.reward, res.terminated, res.truncated):
-            add_transition(buffer, *transition)
-        episodes.add(res, writer, step + 1)
-        obs = res.obs
-        if step >= cfg.warmup_steps:
-            for model in models:
-                model.train(gradient_steps=cfg.updates_per_step, batch_size=model.batch_size)
-            trained = True
-        bar.update(1)
+    with contextlib.ExitStack() as stack:
+        stop = stack.enter_context(stop_on_signals())
+        for closable in (eval_env, env, writer, bar):
+            stack.callback(closable.close)
+        for step in range(cfg.total_steps):
+            action = rng.uniform(-1.0, 1.0, (k, env.act_dim)) if step < cfg.warmup_steps else act(obs, False)
+            res = env.step(action)
+            rows = zip(buffers, obs, res.next_obs, action, res.reward, res.terminated, res.truncated)
+            for buffer, *transition in rows:
+                add_transition(buffer, *transition)
+            episodes.add(res, writer, step + 1)
+            obs = res.obs
+            if step >= cfg.warmup_steps:
+                for model in models:
+                    model.train(gradient_steps=cfg.updates_per_step, batch_size=model.batch_size)
+                trained = True
+            bar.update(1)
 
-        done = step + 1
-        if done % cfg.log_interval == 0 and trained:
-            now = time.perf_counter()
-            writer.add_scalar("charts/sps", (done - step_log) / (now - t_log), done)
-            t_log, step_log = now, done
-            for key, value in _train_logs(models, names).items():
-                writer.add_scalar(key, value, done)
-        if (cfg.eval_interval and done % cfg.eval_interval == 0) or done == cfg.total_steps:
-            result = evaluate(lambda o: act(o, True), eval_env, cfg.eval_episodes, seed=eval_seed(cfg.seed))
-            writer.add_scalar("eval/success_rate", result.mean, done)
-            for name, rate, rets in zip(names, result.per_task, result.returns):
-                writer.add_scalar(f"eval/success_rate/{name}", float(rate), done)
-                writer.add_scalar(f"eval/return/{name}", float(rets.mean()), done)
-            bar.set_postfix(success=f"{result.mean:.2f}")
-        if done % cfg.checkpoint_interval == 0 or done == cfg.total_steps:
-            save_models(models, names, run / MODELS_DIR)
-            _update_meta(run, wall_clock_s=round(time.perf_counter() - t0, 2), final_step=done)
-    bar.close()
-    writer.close()
+            done = step + 1
+            if done % cfg.log_interval == 0 and trained:
+                now = time.perf_counter()
+                writer.add_scalar("charts/sps", (done - step_log) / (now - t_log), done)
+                t_log, step_log = now, done
+                for key, value in _train_logs(models, names).items():
+                    writer.add_scalar(key, value, done)
+            if (cfg.eval_interval and done % cfg.eval_interval == 0) or done == cfg.total_steps:
+                result = evaluate(lambda o: act(o, True), eval_env, cfg.eval_episodes, seed=eval_seed)
+                writer.add_scalar("eval/success_rate", result.mean, done)
+                for name, rate, rets in zip(names, result.per_task, result.returns):
+                    writer.add_scalar(f"eval/success_rate/{name}", float(rate), done)
+                    writer.add_scalar(f"eval/return/{name}", float(rets.mean()), done)
+                bar.set_postfix(success=f"{result.mean:.2f}")
+            if done % cfg.checkpoint_interval == 0 or done == cfg.total_steps or stop:
+                save(done)
+            if stop:  # SIGINT / SIGTERM: this step is done and saved
+                raise Interrupted(stop[0], done, run, resumable=False)
     record_final_success(run, cfg)
-    env.close()
-    eval_env.close()
     return run
 
 
-__all__ = ["add_transition", "check_resumable", "make_model", "save_models", "train_single_task"]
+__all__ = ["add_transition", "make_model", "save_models", "train_single_task"]

@@ -25,7 +25,8 @@ methods in deep learning even help?"): every vector sums to 1, so the uniform ve
 For K = 2 tasks: ``steps`` evenly spaced vectors ``(1 - i/(steps-1), i/(steps-1))``, i = 0..steps-1. For K > 2:
 the K corners (one task only), the uniform vector, then ``random`` vectors drawn from Dirichlet(1, ..., 1) (uniform
 on the simplex) by ``numpy.random.default_rng(seed)``. Keys: ``steps`` (default 5), ``random`` (default:
-``steps``), ``seed`` (default 0). K comes from the env config: toy -> env.toy_tasks, MT10 -> 10, MT50 -> 50, MT1-* -> 1.
+``steps``), ``seed`` (default 0). K comes from the env config (toy: env.toy_tasks, MT10: 10, MT50: 50, MT1-*: 1, a
+task list: its length).
 The runs get ``combiner: fixed`` and ``combiner.weights`` on top of ``set`` (the methods' overrides do not apply).
 
 Backends: ``local`` runs at most ``--workers`` subprocesses at a time; ``ray`` (``pip install "mtrl[ray]"``)
@@ -36,7 +37,6 @@ threads are the spec's ``threads`` or ``max(1, cpu_count // workers)``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shlex
@@ -47,13 +47,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import tyro
 import yaml
 from tqdm import tqdm
 
-from mtrl.config import ConfigError, TrainConfig, flatten, from_flat, load_yaml, read_mapping, to_flat
+from mtrl.config import ConfigError, TrainConfig, flatten, from_flat, load_yaml, parse, read_mapping, to_flat
 
 SPEC_KEYS = ("base", "set", "methods", "seeds", "weight_grid", "run_dir")
 GRID_KEYS = ("steps", "random", "seed")
@@ -171,7 +172,7 @@ def load_spec(path: str | Path, threads: int) -> Sweep:
         raise SweepError(f"spec: unknown key '{unknown[0]}'; expected some of {', '.join(SPEC_KEYS)}")
     base = _find_base(data["base"], spec) if data.get("base") is not None else None
     try:
-        base_cfg = from_flat(load_yaml(base)) if base else TrainConfig()
+        base_cfg = from_flat(load_yaml(base), where=f"base '{base}': ") if base else TrainConfig()
     except ValueError as exc:
         raise SweepError(f"base: {exc}") from None
     fixed = _overrides("set", data.get("set"))
@@ -190,7 +191,7 @@ def load_spec(path: str | Path, threads: int) -> Sweep:
         if not isinstance(grid, dict) or any(k not in GRID_KEYS for k in grid):
             raise SweepError(f"weight_grid: got {grid!r}, expected a mapping with keys {', '.join(GRID_KEYS)}")
         args = {k: _int(f"weight_grid.{k}", v) for k, v in grid.items()}
-        k = _validated("set", fixed, base_cfg).env.num_tasks
+        k = _validated("set", fixed, base_cfg)[1]
         for i, w in enumerate(weight_vectors(k, **args)):
             variants[f"fixed-w{i}"] = {"combiner": "fixed", "combiner.weights": _cli_value("weights", w)}
     if not variants:
@@ -205,18 +206,19 @@ def load_spec(path: str | Path, threads: int) -> Sweep:
         for seed in seeds:
             run_name = f"{name}__s{seed}"
             items = {**fixed, **over, "seed": str(seed), "run_dir": run_dir, "run_name": run_name}
-            runs.append(Run(run_name, items, _validated(run_name, items, base_cfg)))
+            runs.append(Run(run_name, items, _validated(run_name, items, base_cfg)[0]))
     return Sweep(base, Path(run_dir), runs)
 
 
-def _validated(where: str, items: dict[str, str], base_cfg: TrainConfig) -> TrainConfig:
-    """``from_flat`` plus building the combiner for the env's K (catches a wrong number of weights)."""
+def _validated(where: str, items: dict[str, str], base_cfg: TrainConfig) -> tuple[TrainConfig, int]:
+    """The run's config, checked as ``mtrl train`` checks it (:func:`mtrl.train.check_config`), and its K."""
+    from mtrl.train import check_config
+
     try:
         cfg = from_flat(items, base_cfg)
-        cfg.combiner.build(cfg.env.num_tasks)
+        return cfg, check_config(cfg)
     except ValueError as exc:
         raise SweepError(f"{where}: {exc}") from None
-    return cfg
 
 
 def checkpoint_step(run: Path) -> int | None:
@@ -352,20 +354,22 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mtrl sweep",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run methods x seeds (x weight vectors) of a sweep spec as ordinary `mtrl train` runs; "
-        "rerunning skips finished runs and resumes unfinished ones.",
-        epilog=__doc__.split("\n\n", 1)[1].replace("``", "") if __doc__ else None,
-    )
-    parser.add_argument("spec", help="the sweep spec (YAML), e.g. configs/sweeps/mt10_mean_vs_pcgrad.yaml")
-    parser.add_argument("--workers", type=int, default=1, help="local: runs at the same time (default: 1)")
-    parser.add_argument("--backend", choices=["local", "ray"], default="local", help="where runs execute")
-    parser.add_argument("--address", default=None, help="ray: cluster address (default: auto)")
-    parser.add_argument("--dry-run", action="store_true", help="print each run's status and command; run nothing")
-    return parser
+@dataclass(frozen=True)
+class SweepArgs:
+    """Run methods x seeds (x weight vectors) of a sweep spec as ordinary `mtrl train` runs; rerunning skips
+    finished runs and resumes unfinished ones. Every run's config is checked before any run starts. See the module
+    documentation of mtrl.sweep for the spec format."""
+
+    spec: tyro.conf.Positional[str]
+    """The sweep spec (YAML), e.g. configs/sweeps/mt10_mean_vs_pcgrad.yaml."""
+    workers: int = 1
+    """local: runs at the same time."""
+    backend: Literal["local", "ray"] = "local"
+    """Where runs execute."""
+    address: str = ""
+    """ray: cluster address (empty: auto)."""
+    dry_run: bool = False
+    """Print each run's status and command; run nothing."""
 
 
 def _cpu_count() -> int:
@@ -378,10 +382,10 @@ def _cpu_count() -> int:
 def cli(argv: list[str]) -> int:
     """``mtrl sweep``: 0 when every run finished, 1 when one failed, 2 on bad input (one line on stderr)."""
     try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    try:
+        try:
+            args = parse(SweepArgs, argv, prog="mtrl sweep", flags=True, hyphens=True)
+        except SystemExit as exc:  # --help
+            return int(exc.code or 0)
         if args.workers < 1:
             raise SweepError(f"--workers: got {args.workers}, expected a positive integer")
         if args.address and args.backend != "ray":
@@ -418,7 +422,7 @@ def cli(argv: list[str]) -> int:
 
     try:
         if args.backend == "ray":
-            run_ray(todo, args.address, finished)
+            run_ray(todo, args.address or None, finished)
         else:
             run_local(todo, args.workers, finished)
     except KeyboardInterrupt:

@@ -1,22 +1,16 @@
-"""THE training loop: collect -> add -> sample -> update -> log -> evaluate -> checkpoint."""
+"""THE training loop: collect -> add -> sample -> update -> log -> evaluate -> checkpoint.
+
+:func:`check_config` is the one place a config is checked as a whole (it knows K) before anything is built, written
+or started; :func:`train` runs it first.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
-import platform
-import shutil
-import signal
-import subprocess
-import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import replace
-from datetime import datetime
-from importlib import metadata
 from pathlib import Path
-from types import FrameType
 from typing import Any, Literal
 
 import numpy as np
@@ -26,46 +20,155 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from mtrl import checkpoint
-from mtrl.agents.mtsac import MTSAC
+from mtrl.agents.mtsac import MTSAC, Combiners
 from mtrl.buffers import MultiTaskReplay
 from mtrl.checkpoint import CheckpointError
-from mtrl.config import ConfigError, TrainConfig, dump_yaml, from_flat, to_flat
-from mtrl.envs import StepResult, benchmark_label, eval_seed, make_env
+from mtrl.config import ConfigError, TrainConfig, combiner_name, dump_yaml, from_flat, to_flat
+from mtrl.envs import benchmark_kind, benchmark_label, benchmark_num_tasks, eval_seed, make_env
+from mtrl.envs.base import custom_tasks
 from mtrl.envs.gl import ensure_gl_backend
 from mtrl.evaluate import AsyncEvaluator, EvalResult, evaluate
-from mtrl.logger import add_gif, write_hparams
-from mtrl.utils import keep_freed_memory
+from mtrl.logger import EpisodeLog, add_gif
+from mtrl.mto.mean import MeanConfig
+from mtrl.rundir import (
+    Interrupted,
+    check_output_dir,
+    prepare_run_dir,
+    record_final_success,
+    stop_on_signals,
+    update_meta,
+)
+from mtrl.utils import keep_freed_memory, pick_device
 from mtrl.video import frames_for_tensorboard
 
+# ------------------------------------------------------------------------------------------------ config checks
 
-class RunDirError(RuntimeError):
-    """The run directory cannot be used as asked (exists already, or is not a run); one-line message."""
-
-
-class EpisodeLog:
-    """Return and any-step success of each task's current training episode; logs the episodes that end."""
-
-    def __init__(self, num_tasks: int) -> None:
-        self.ret = np.zeros(num_tasks)
-        self.success = np.zeros(num_tasks, dtype=bool)
-
-    def add(self, res: StepResult, writer: SummaryWriter, step: int) -> None:
-        """Account for one vector step; ``step`` is the global step after it."""
-        self.ret += res.reward
-        self.success |= res.success
-        ended = res.terminated | res.truncated
-        if ended.any():
-            writer.add_scalar("charts/episodic_return", float(self.ret[ended].mean()), step)
-            writer.add_scalar("charts/episodic_success", float(self.success[ended].mean()), step)
-            self.ret[ended], self.success[ended] = 0.0, False
+_POSITIVE_INT = (
+    "total_steps", "updates_per_step", "log_interval", "checkpoint_interval", "eval_episodes", "env.toy_tasks",
+    "agent.group_size", "agent.actor.hidden_dim", "agent.actor.num_layers", "agent.critic.hidden_dim",
+    "agent.critic.num_layers", "buffer.capacity", "buffer.batch_size",
+)  # fmt: skip
+_NON_NEGATIVE_INT = ("seed", "warmup_steps", "eval_interval", "video_interval", "threads", "env.max_episode_steps")
+_POSITIVE = ("agent.actor.lr", "agent.critic.lr", "agent.alpha_lr", "agent.init_temperature", "agent.adam_eps")
+_NON_NEGATIVE = (
+    "agent.actor.weight_decay", "agent.critic.weight_decay", "agent.actor.max_grad_norm", "agent.critic.max_grad_norm",
+    "agent.q_value_max",
+)  # fmt: skip
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: got 'cuda', but torch sees no CUDA device; expected cpu or auto here")
-    return torch.device(name)
+def _bad(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{key}: got {value!r}, expected {allowed}")
+
+
+def check_config(cfg: TrainConfig) -> int:
+    """Check a config as a whole before anything is built, written or started; return K (its number of tasks).
+
+    Ranges of every number (NaN and inf never pass the parser), the benchmark (Meta-World task names included),
+    batch size and replay capacity against K, the combiner's options against K and where it may be applied, the
+    update schedule, the device, and the run directory (a writable directory, a run name that is one path part).
+
+    :raises ConfigError: one line naming the field, the value given and what is allowed.
+    """
+    flat = to_flat(cfg)
+    for key in _POSITIVE_INT:
+        if flat[key] <= 0:
+            raise _bad(key, flat[key], "a positive integer")
+    for key in _NON_NEGATIVE_INT:
+        if flat[key] < 0:
+            raise _bad(key, flat[key], "an integer >= 0")
+    for key in _POSITIVE:
+        if not flat[key] > 0:
+            raise _bad(key, flat[key], "a number > 0")
+    for key in _NON_NEGATIVE:
+        if not flat[key] >= 0:
+            raise _bad(key, flat[key], "a number >= 0 (0 = off)")
+    for net in ("agent.actor", "agent.critic"):
+        if not 0.0 <= flat[f"{net}.dropout"] < 1.0:
+            raise _bad(f"{net}.dropout", flat[f"{net}.dropout"], "a probability in [0, 1)")
+    if not 0.0 <= cfg.agent.gamma < 1.0:
+        raise _bad("agent.gamma", cfg.agent.gamma, "a number in [0, 1)")
+    if not 0.0 < cfg.agent.tau <= 1.0:
+        raise _bad("agent.tau", cfg.agent.tau, "a number in (0, 1]")
+    if not math.isfinite(cfg.agent.init_temperature) or not math.log(cfg.agent.init_temperature) > -100:
+        raise _bad("agent.init_temperature", cfg.agent.init_temperature, "a number > 1e-40")
+
+    k = _check_benchmark(cfg)
+    if cfg.buffer.kind == "stratified" and cfg.buffer.batch_size % k:
+        nearest = k * max(1, round(cfg.buffer.batch_size / k))
+        allowed = f"a multiple of the number of tasks ({k}) for stratified replay, e.g. {nearest}"
+        raise _bad("buffer.batch_size", cfg.buffer.batch_size, allowed)
+    if cfg.buffer.capacity < k:
+        raise _bad("buffer.capacity", cfg.buffer.capacity, f"at least one transition per task ({k})")
+
+    if cfg.agent.optimizer_per_group and cfg.agent.regroup:
+        raise ConfigError(
+            "agent.optimizer_per_group: got true with agent.regroup true; one optimizer per group needs fixed groups"
+        )
+    if cfg.eval_mode == "async" and cfg.agent.kind == "single_task":
+        raise ConfigError(
+            "eval_mode: got 'async' with agent.kind single_task, which evaluates in its loop; use auto or sync"
+        )
+    build_combiners(cfg, k)  # options against K, and where the combiner may be applied
+    name = combiner_name(cfg.combiner)
+    if cfg.agent.compile and cfg.combiner.kind == "gradient" and (cfg.combine_critic or cfg.combine_actor):
+        raise ConfigError(
+            f"agent.compile: got true with combiner {name}; torch.compile only works with loss-space combiners "
+            "(gradient-space ones take per-task gradients under torch.func.vmap, which it does not trace)"
+        )
+    pick_device(cfg.device)
+    check_output_dir(cfg.run_dir, "run_dir")
+    if cfg.run_name and (Path(cfg.run_name).name != cfg.run_name or cfg.run_name in (".", "..")):
+        raise _bad("run_name", cfg.run_name, "a plain name without '/' (the folder is run_dir)")
+    return k
+
+
+def _check_benchmark(cfg: TrainConfig) -> int:
+    """K of ``env.benchmark``, its Meta-World task names checked (without building an env)."""
+    bench = cfg.env.benchmark
+    kind = benchmark_kind(bench)
+    if kind is None:
+        raise _bad(
+            "env.benchmark", bench,
+            "toy, MT10, MT50, MT1-<task> (e.g. MT1-reach-v3) or a comma-separated list of Meta-World v3 tasks",
+        )  # fmt: skip
+    if kind == "custom":
+        names = custom_tasks(bench)
+        dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if dup is not None:
+            raise ConfigError(f"env.benchmark: task {dup!r} is listed twice in {bench!r}; list each task once")
+    if kind in ("MT1", "custom"):
+        from mtrl.envs.metaworld import task_names  # imports Meta-World (~1 s), builds nothing
+
+        try:
+            task_names(bench)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return benchmark_num_tasks(bench, cfg.env.toy_tasks)
+
+
+def build_combiners(cfg: TrainConfig, num_tasks: int) -> Combiners:
+    """The combiner instance of each part: ``cfg.combiner`` where ``combine_<part>`` is set, else ``mean``; seeded
+    ``seed * 1000 + (1, 2, 3)``. The combiner checks its options against K and the parts it is applied to
+    (``check``); its one-line complaint becomes a :class:`ConfigError`."""
+    parts = {"critic": cfg.combine_critic, "actor": cfg.combine_actor, "alpha": cfg.combine_alpha}
+    try:
+        cfg.combiner.check(num_tasks, frozenset(part for part, on in parts.items() if on))
+        return Combiners(
+            *(
+                (cfg.combiner if on else MeanConfig()).build(num_tasks, seed=cfg.seed * 1000 + offset)
+                for offset, on in enumerate(parts.values(), start=1)
+            )
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def make_agent(cfg: TrainConfig, obs_dim: int, act_dim: int, num_tasks: int, device: torch.device) -> MTSAC:
+    """The MT-SAC agent of a config: its :class:`~mtrl.config.AgentConfig` and its built combiners."""
+    return MTSAC(
+        obs_dim, act_dim, num_tasks, cfg.agent, build_combiners(cfg, num_tasks), device,
+        seed=cfg.seed, stratified=cfg.buffer.kind == "stratified",
+    )  # fmt: skip
 
 
 def eval_mode(cfg: TrainConfig) -> Literal["sync", "async"]:
@@ -75,100 +178,7 @@ def eval_mode(cfg: TrainConfig) -> Literal["sync", "async"]:
     return "async" if cfg.env.benchmark != "toy" and (os.cpu_count() or 1) >= 4 else "sync"
 
 
-def default_run_name(cfg: TrainConfig, num_tasks: int) -> str:
-    combiner = str(cfg.combiner.build(num_tasks))
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{benchmark_label(cfg.env.benchmark)}__{combiner}__s{cfg.seed}__{stamp}"
-
-
-def _run_metadata(cfg: TrainConfig) -> dict[str, Any]:
-    here = Path(__file__).resolve().parent
-
-    def git(*args: str) -> str:
-        try:
-            out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
-            return out.stdout.strip() if out.returncode == 0 else ""
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    versions: dict[str, str | None] = {}
-    for pkg in ("mtrl", "torch", "numpy", "gymnasium", "metaworld", "mujoco", "stable-baselines3"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "git_commit": git("rev-parse", "HEAD") or None,
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "versions": versions,
-        "python": platform.python_version(),
-        "seed": cfg.seed,
-        "started": datetime.now().isoformat(timespec="seconds"),
-        "wall_clock_s": 0.0,
-        "final_step": 0,
-    }
-
-
-def prepare_run_dir(cfg: TrainConfig, num_tasks: int, command: str) -> tuple[TrainConfig, Path]:
-    """Create a fresh run directory (never reusing an existing one) with config.yaml, command.txt, meta.yaml."""
-    if not cfg.run_name:
-        cfg = replace(cfg, run_name=default_run_name(cfg, num_tasks))
-    run = Path(cfg.run_dir) / cfg.run_name
-    if run.exists():
-        raise RunDirError(
-            f"run_name: '{run}' exists already; choose another --run_name or continue it with --resume {run}"
-        )
-    run.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{run.name}.tmp-", dir=run.parent))  # the run appears whole or not
-    (staging / "config.yaml").write_text(dump_yaml(cfg))
-    (staging / "command.txt").write_text(command + "\n")
-    (staging / "meta.yaml").write_text(yaml.safe_dump(_run_metadata(cfg), sort_keys=False))
-    try:
-        os.rename(staging, run)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise RunDirError(f"run_name: '{run}' exists already; choose another --run_name") from None
-    return cfg, run
-
-
-def _update_meta(run: Path, **fields: Any) -> None:
-    meta = yaml.safe_load((run / "meta.yaml").read_text()) or {}
-    meta.update(fields)
-    checkpoint.write_text_atomic(run / "meta.yaml", yaml.safe_dump(meta, sort_keys=False))
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM stopped training after a checkpoint was written; the message is one line."""
-
-    def __init__(self, signum: int, step: int, run: Path) -> None:
-        self.signum, self.step, self.run = signum, step, run
-        name = signal.Signals(signum).name
-        super().__init__(f"{name} at step {step}: checkpoint written; resume with: mtrl train --resume {run}")
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[list[int]]:
-    """While inside, SIGINT and SIGTERM only record their number in the yielded list (the loop finishes its step,
-    checkpoints and raises :class:`Interrupted`); a second signal aborts at once (``KeyboardInterrupt``). Outside the
-    main thread signals cannot be caught and the handlers are left alone."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if received:  # the second one: stop now
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            raise KeyboardInterrupt
-        received.append(signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+# ------------------------------------------------------------------------------------------------ resuming
 
 
 def _resume_state(run: Path, cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -186,19 +196,24 @@ def _resume_state(run: Path, cfg: TrainConfig) -> tuple[dict[str, Any], dict[str
     return state, checkpoint.load_buffer(state_file, state["step"])
 
 
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split("\n")[0].split())[:300]
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+
+
 def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progress: bool = True) -> Path:
-    """Train MT-SAC as configured. ``run`` given: resume that run from its checkpoint. Returns the run directory.
+    """Train as configured; ``run`` given: resume that run from its newest checkpoint. Returns the run directory.
 
-    ``agent.kind: single_task`` trains one stable-baselines3 SAC per task instead (:mod:`mtrl.single_task`).
-    Evaluation runs in the loop or, with ``eval_mode`` async, in a worker process
-    (:class:`~mtrl.evaluate.AsyncEvaluator`) whose failure raises :class:`~mtrl.evaluate.EvalWorkerError`.
+    ``agent.kind: single_task`` trains one stable-baselines3 SAC per task instead (:mod:`mtrl.single_task`, on the
+    envs built here). Evaluation runs in the loop or, with ``eval_mode`` async, in a worker process
+    (:class:`~mtrl.evaluate.AsyncEvaluator`) whose failure raises :class:`~mtrl.evaluate.EvalWorkerError`. SIGINT and
+    SIGTERM end the current step, write a checkpoint and raise :class:`Interrupted`.
     """
-    if cfg.agent.kind == "single_task":
-        from mtrl.single_task import check_resumable, train_single_task
-
-        if run is not None:
-            check_resumable(cfg)
-        return train_single_task(cfg, command=command, progress=progress)
+    k = check_config(cfg)
+    if run is not None and cfg.agent.kind == "single_task":
+        raise ConfigError("agent.kind: resume is not supported for single_task runs; start a new run")
     ensure_gl_backend()  # before anything imports mujoco: egl with a GPU, osmesa without
     keep_freed_memory()
     device = pick_device(cfg.device)
@@ -206,12 +221,19 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     env = make_env(cfg.env, cfg.seed)
-    asynchronous = eval_mode(cfg) == "async"
+    asynchronous = eval_mode(cfg) == "async" and cfg.agent.kind == "mtsac"
     # evaluation envs: the run's goals (cfg.env.eval_goals), their own simulator seed eval_seed(cfg.seed)
     eval_env = None if asynchronous else make_env(cfg.env, cfg.seed, evaluation=True)
+    if cfg.agent.kind == "single_task":
+        from mtrl.single_task import train_single_task
+
+        assert eval_env is not None
+        prefix = f"{benchmark_label(cfg.env.benchmark)}__single_task"
+        return train_single_task(
+            cfg, env, eval_env, eval_seed(cfg.seed), name_prefix=prefix, command=command, progress=progress
+        )
     video_env = make_env(cfg.env, cfg.seed, evaluation=True, render=True) if cfg.video_interval else None
-    k = env.num_tasks
-    agent = MTSAC(env.obs_dim, env.act_dim, k, cfg, device)
+    agent = make_agent(cfg, env.obs_dim, env.act_dim, k, device)
     buffer = MultiTaskReplay(
         k, env.obs_dim, env.act_dim, cfg.buffer.capacity, cfg.buffer.batch_size,
         kind=cfg.buffer.kind, reward_norm=cfg.buffer.reward_norm, device=device, seed=cfg.seed,
@@ -220,7 +242,7 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
     start, wall_before = 0, 0.0
     resuming = run is not None
     if run is None:
-        cfg, run = prepare_run_dir(cfg, k, command)
+        cfg, run = prepare_run_dir(cfg, _name_prefix(cfg, k), command)
     else:  # everything is read and checked before anything in the run directory changes
         resumed = _resume_state(run, cfg)
         if resumed is not None:
@@ -259,7 +281,7 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
             "act_dim": env.act_dim,
         }
         checkpoint.save(run, step, state, buffer.state_dict())
-        _update_meta(run, wall_clock_s=round(wall, 2), final_step=step)
+        update_meta(run, wall_clock_s=round(wall, 2), final_step=step)
         saved_at = step
 
     obs = env.reset(cfg.seed + start)
@@ -305,16 +327,8 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
                 agent.check_finite()  # deferred on a GPU: the one host sync of these steps
             if log_due:
                 now = time.perf_counter()
-                sps = (done - step_log) / (now - t_log)
+                _write_logs(writer, logs, env.task_names, (done - step_log) / (now - t_log), done)
                 t_log, step_log = now, done
-                writer.add_scalar("charts/sps", sps, done)
-                for key, value in logs.items():
-                    if value.numel() == 1 and key != "alpha":
-                        writer.add_scalar(key, float(value), done)
-                    else:  # one value per task (per-task alpha, combiner task weights)
-                        names = env.task_names if value.numel() == k else ["shared"]
-                        for name, v in zip(names, value.tolist()):
-                            writer.add_scalar(f"{key}/{name}", v, done)
             if (cfg.eval_interval and done % cfg.eval_interval == 0) or done == cfg.total_steps:
                 if evaluator is not None:  # evaluated in the worker, logged at `done` when it returns
                     evaluator.submit(done, agent.actor.state_dict())
@@ -323,8 +337,7 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
                     log_eval(done, evaluate(greedy, eval_env, cfg.eval_episodes, seed=eval_seed(cfg.seed)))
                 evals_done += 1
                 if video_env is not None and evals_done % cfg.video_interval == 0:  # always in-process
-                    clips = frames_for_tensorboard(greedy, video_env)
-                    add_gif(writer, "eval/video", clips, done)
+                    add_gif(writer, "eval/video", frames_for_tensorboard(greedy, video_env), done)
             if evaluator is not None:
                 for at, result in evaluator.poll():
                     log_eval(at, result)
@@ -342,6 +355,23 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
     return run
 
 
+def _name_prefix(cfg: TrainConfig, num_tasks: int) -> str:
+    """``{benchmark}__{combiner}`` of the run name (the combiner as ``str()`` shows it, e.g. ``cagrad-c0.4``)."""
+    return f"{benchmark_label(cfg.env.benchmark)}__{cfg.combiner.build(num_tasks)}"
+
+
+def _write_logs(writer: SummaryWriter, logs: dict[str, torch.Tensor], names: list[str], sps: float, step: int) -> None:
+    """The training scalars of one log step: steps/s, losses, temperatures and combiner stats (per task where a value
+    has one entry per task)."""
+    writer.add_scalar("charts/sps", sps, step)
+    for key, value in logs.items():
+        if value.numel() == 1 and key != "alpha":
+            writer.add_scalar(key, float(value), step)
+        else:  # one value per task (per-task alpha, combiner task weights)
+            for name, v in zip(names if value.numel() == len(names) else ["shared"], value.tolist()):
+                writer.add_scalar(f"{key}/{name}", v, step)
+
+
 def _close_all(evaluator: AsyncEvaluator | None, bar: tqdm, writer: SummaryWriter, envs: tuple[Any, ...]) -> None:
     """End the evaluation worker, the progress bar, the event file and the envs (with their worker processes)."""
     if evaluator is not None:
@@ -353,57 +383,25 @@ def _close_all(evaluator: AsyncEvaluator | None, bar: tqdm, writer: SummaryWrite
             e.close()
 
 
-def _first_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split("\n")[0].split())[:300]
-
-
-def record_final_success(run: Path, cfg: TrainConfig) -> float | None:
-    """The run's final success by the rule of ``mtrl compare`` (:func:`mtrl.compare.final_success`: the evaluations
-    in the last 10% of the steps, never the max over training), from its event files (a resumed run's evaluations
-    before the resume count too); written to ``meta.yaml`` and as the TensorBoard HParams metric. None without
-    evaluations."""
-    from mtrl.compare import SUCCESS_TAG, final_success, read_scalars
-
-    curve = read_scalars(run, keep=lambda tag: tag == SUCCESS_TAG)
-    if curve.empty:
-        return None
-    value = final_success(curve["step"].to_numpy(), curve["value"].to_numpy(), cfg.total_steps)
-    _update_meta(run, final_success=round(value, 6))
-    write_hparams(run, to_flat(cfg), {"final_success": value}, step=cfg.total_steps)
-    return value
-
-
 def restore(path: str | Path, device: torch.device | str = "cpu") -> tuple[TrainConfig, MTSAC, dict[str, Any]]:
     """Rebuild the agent of a checkpoint (a run directory, a checkpoint folder or its checkpoint.pt):
     ``(config, agent, raw state)``."""
     state = checkpoint.load(path)
     cfg = from_flat(state["config"])
-    agent = MTSAC(state["obs_dim"], state["act_dim"], len(state["task_names"]), cfg, torch.device(device))
-    agent.load_state_dict(state["agent"])
+    agent = make_agent(cfg, state["obs_dim"], state["act_dim"], len(state["task_names"]), torch.device(device))
+    try:
+        agent.load_state_dict(state["agent"])
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint: '{path}' does not fit its own config ({_first_line(exc)})") from None
     return cfg, agent, state
 
 
-def main_message(run: Path) -> str:
-    """What ``mtrl train`` prints at the end: the final success and where everything went."""
-    from mtrl.compare import final_rule
-
-    meta = yaml.safe_load((run / "meta.yaml").read_text()) or {}
-    final = meta.get("final_success")
-    head = f"final success: {final:.3f} ({final_rule()})\n" if isinstance(final, (int, float)) else ""
-    return (
-        head + f"run directory: {run}\n"
-        f"  TensorBoard:  tensorboard --logdir {run.parent}\n"
-        f"  checkpoint:   {checkpoint.latest(run) or run / checkpoint.CHECKPOINTS}\n"
-        f"  evaluate:     mtrl evaluate {run}"
-    )
-
-
 __all__ = [
-    "RunDirError",
+    "Interrupted",
+    "build_combiners",
+    "check_config",
     "eval_mode",
-    "main_message",
-    "pick_device",
-    "prepare_run_dir",
+    "make_agent",
     "restore",
     "train",
 ]

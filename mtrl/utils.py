@@ -1,10 +1,12 @@
-"""Process-level performance settings."""
+"""Process-level settings: the torch device, and glibc's memory behaviour."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import sys
+
+import torch
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -36,3 +38,15 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> cuda when torch sees a GPU, else cpu; ``cuda`` without one raises a one-line
+    :class:`~mtrl.config.ConfigError` naming the device (not a checkpoint or config) as the problem."""
+    from mtrl.config import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: got 'cuda', but torch sees no CUDA device here; expected cpu or auto")
+    return torch.device(name)

@@ -35,6 +35,34 @@ class VideoError(RuntimeError):
     """Videos cannot be made (no offscreen OpenGL, env not built for rendering); the message is one line."""
 
 
+def record_checkpoint(
+    path: str, out: str, episodes: int, fps: int, tasks: list[str] | None, sim_seed: int | None
+) -> tuple[Path, list[Path]]:
+    """``mtrl record``: videos of a checkpoint's deterministic policy on its run's goals, into
+    ``<out>/<run_name>/``; returns that folder and the files. ``sim_seed`` None: the run's evaluation seed.
+
+    :raises ConfigError: a task name the run does not have.
+    """
+    from mtrl.config import ConfigError
+    from mtrl.envs import eval_seed, make_env
+    from mtrl.envs.gl import ensure_gl_backend
+    from mtrl.train import restore
+
+    ensure_gl_backend()
+    cfg, agent, state = restore(path, "cpu")
+    unknown = [t for t in tasks or [] if t not in state["task_names"]]
+    if unknown:
+        raise ConfigError(f"--tasks: unknown task {unknown[0]!r}; this run has: {', '.join(state['task_names'])}")
+    seed = eval_seed(cfg.seed) if sim_seed is None else sim_seed
+    folder = Path(out) / cfg.run_name
+    env = make_env(cfg.env, cfg.seed, evaluation=True, render=True, sim_seed=seed)
+    try:
+        paths = record(lambda o: agent.act(o, deterministic=True), env, folder, episodes, fps, tasks=tasks)
+    finally:
+        env.close()
+    return folder, paths
+
+
 def record(
     policy: Policy,
     env: MultiTaskVecEnv,

@@ -8,7 +8,7 @@ actor (with the freshly updated critic), then Polyak averaging of the target cri
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -16,11 +16,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from mtrl.buffers import ReplayBatch
-from mtrl.config import ConfigError, NetConfig, TrainConfig
+from mtrl.config import AgentConfig, NetConfig
 from mtrl.mto import Combiner
 from mtrl.mto.base import NonFiniteError
 from mtrl.mto.grads import LossRows, combine_backward, task_mean
-from mtrl.mto.mean import MeanConfig
 from mtrl.nets import Actor, TwinQ
 
 
@@ -95,62 +94,73 @@ class _LogAlpha(nn.Module):
         self.log_alpha = nn.Parameter(torch.full((n,), float(np.log(init))))
 
 
-class MTSAC:
-    """The agent. ``act`` for rollouts, ``update`` for one gradient step on a replay batch."""
+class Combiners(NamedTuple):
+    """One combiner instance per trained part (critic and actor never share state); see ``build_combiners`` in
+    :mod:`mtrl.train` for how a config maps to them."""
 
-    def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, cfg: TrainConfig, device: torch.device) -> None:
-        a = cfg.agent
-        self.cfg, self.device, self.num_tasks, self.act_dim = cfg, device, num_tasks, act_dim
+    critic: Combiner
+    actor: Combiner
+    alpha: Combiner
+
+
+class MTSAC:
+    """The agent. ``act`` for rollouts, ``update`` for one gradient step on a replay batch.
+
+    :param agent: networks, optimizers, temperature and update schedule.
+    :param combiners: the built combiner of each part (``mean`` where a part is not combined).
+    :param seed: seeds the agent's generator (exploration and reparameterization noise, task groups).
+    :param stratified: batches are task-major with equal rows per task (the per-task gradients then take one vmapped
+        pass); False for the uniform replay.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        num_tasks: int,
+        agent: AgentConfig,
+        combiners: Combiners,
+        device: torch.device,
+        *,
+        seed: int = 0,
+        stratified: bool = True,
+    ) -> None:
+        a = agent
+        self.agent_cfg, self.device, self.num_tasks, self.act_dim = a, device, num_tasks, act_dim
         self.gamma, self.tau = a.gamma, a.tau
         self.target_entropy = -float(act_dim)
         self.q_value_max = a.q_value_max
         self.alpha_on_alpha = a.alpha_loss == "alpha"
-        self.stratified = cfg.buffer.kind == "stratified"
+        self.stratified = stratified
         self.actor = Actor(obs_dim, act_dim, num_tasks, a.conditioning, a.actor, a.log_std).to(device)
         self.critic = TwinQ(obs_dim, act_dim, num_tasks, a.conditioning, a.critic).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.alpha = _LogAlpha(num_tasks if a.temperature == "per_task" else 1, a.init_temperature).to(device)
 
-        def combiner(on: bool, offset: int) -> Combiner:
-            chosen = cfg.combiner if on else MeanConfig()
-            try:
-                return chosen.build(num_tasks, seed=cfg.seed * 1000 + offset).to(device)
-            except ValueError as exc:  # options that only fail once K is known (e.g. fixed weights per task)
-                raise ConfigError(str(exc)) from None
-
         # alternating schedule (Pascal et al.): one optimizer per task group (IO) or one shared (IUS)
         alternating = a.schedule == "alternating"
         n_groups = -(-num_tasks // a.group_size) if alternating and a.optimizer_per_group else 1
         self.critic_part = _Component(
-            self.critic, self.critic.task_specific_params(), a.critic, a.critic.lr, combiner(cfg.combine_critic, 1),
+            self.critic, self.critic.task_specific_params(), a.critic, a.critic.lr, combiners.critic.to(device),
             n_groups, a.adam_eps,
         )  # fmt: skip
         self.actor_part = _Component(
-            self.actor, self.actor.task_specific_params(), a.actor, a.actor.lr, combiner(cfg.combine_actor, 2),
+            self.actor, self.actor.task_specific_params(), a.actor, a.actor.lr, combiners.actor.to(device),
             n_groups, a.adam_eps,
         )  # fmt: skip
         alpha_specific = {"log_alpha"} if a.temperature == "per_task" else set()
         self.alpha_part = _Component(
-            self.alpha, alpha_specific, None, a.alpha_lr, combiner(cfg.combine_alpha, 3), n_groups, a.adam_eps
+            self.alpha, alpha_specific, None, a.alpha_lr, combiners.alpha.to(device), n_groups, a.adam_eps
         )
         self.parts = {"critic": self.critic_part, "actor": self.actor_part, "alpha": self.alpha_part}
-        if a.compile:
-            self._compile()
+        if a.compile:  # loss-space combiners only (mtrl.train.check_config): vmap is not traced by torch.compile
+            for net in (self.actor.net, self.critic.q1, self.critic.q2, self.critic_target.q1, self.critic_target.q2):
+                net.compile()
         for part in self.parts.values():  # no host sync per update on a GPU: see check_finite()
             part.combiner.defer_finite_checks = device.type == "cuda"
-        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
         self.groups: list[Tensor] = self._draw_groups() if alternating else []
         self._task_ids = torch.arange(num_tasks, device=device)
-
-    def _compile(self) -> None:
-        vmapped = [str(p.combiner) for p in self.parts.values() if p.combiner.requires_grads]
-        if vmapped:
-            raise ConfigError(
-                f"agent.compile: only with loss-space combiners (gradient-space ones take per-task gradients under "
-                f"torch.func.vmap, which torch.compile does not trace); got {vmapped[0]}"
-            )
-        for module in (self.actor.net, self.critic.q1, self.critic.q2, self.critic_target.q1, self.critic_target.q2):
-            module.compile()
 
     # ------------------------------------------------------------------------------------------------ acting
     @torch.no_grad()
@@ -223,15 +233,10 @@ class MTSAC:
         if noise is None:
             eps, next_eps = torch.randn(2, n, self.act_dim, generator=self.generator, device=self.device).unbind(0)
             noise = (eps, next_eps)
-        if self.cfg.agent.schedule == "joint":
+        if self.agent_cfg.schedule == "joint":
             logs = self._sac_step(batch, noise, None)
         else:
-            if self.cfg.agent.regroup:
-                self.groups = self._draw_groups()
-            for g, tasks in enumerate(self.groups):
-                rows = torch.isin(batch.task, tasks).nonzero().squeeze(1)
-                sub = ReplayBatch(*(x[rows] for x in batch))
-                logs = self._sac_step(sub, (noise[0][rows], noise[1][rows]), g)
+            logs = self._alternating_steps(batch, noise)
         with torch.no_grad():
             torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.tau)
         for name, part in self.parts.items():
@@ -239,18 +244,44 @@ class MTSAC:
                 logs[f"mto/{name}/{key}"] = value
         return logs
 
+    def _alternating_steps(self, batch: ReplayBatch, noise: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        """Pascal et al.'s independent update steps: one temperature/critic/actor step per task group, in sequence,
+        each on its group's rows and plain mean loss (no combiner); logs of the last group."""
+        if self.agent_cfg.regroup:
+            self.groups = self._draw_groups()
+        logs: dict[str, Tensor] = {}
+        for g, tasks in enumerate(self.groups):
+            rows = torch.isin(batch.task, tasks).nonzero().squeeze(1)
+            sub = ReplayBatch(*(x[rows] for x in batch))
+            logs = self._sac_step(sub, (noise[0][rows], noise[1][rows]), g)
+        return logs
+
+    def _sample_for_temperature_and_actor(
+        self, obs: Tensor, task: Tensor, eps: Tensor, group: int | None
+    ) -> tuple[Tensor, Tensor, bool]:
+        """Fresh actions at ``obs`` and their log-probabilities, for the temperature loss and the actor loss.
+
+        The temperature step only needs ``log pi`` (detached). The actor's parameters do not change before its own
+        step, so when the actor step backpropagates through the live parameters (loss-space combiners, the
+        alternating schedule) this same forward, kept with its graph, is also its loss (as stable-baselines3 does):
+        one actor forward per update instead of two. Gradient-space combiners recompute the actor loss per task under
+        ``vmap``, so no graph is kept for them.
+
+        :returns: ``(action, log_prob, reused)`` where ``reused`` says the graph is kept for the actor step.
+        """
+        reuse = self.actor_part.reuses_rows(group)
+        with torch.set_grad_enabled(reuse):
+            action, logp = self.actor(obs, task, eps)
+        return action, logp, reuse
+
     def _sac_step(self, batch: ReplayBatch, noise: tuple[Tensor, Tensor], group: int | None) -> dict[str, Tensor]:
         """Temperature, critic and actor steps on one batch (the whole batch, or one task group's rows)."""
         obs, act, rew, next_obs, done, task, rew_absmax = batch
         eps, next_eps = noise
         stratified = self.stratified and group is None
 
-        # temperature: uses log pi of fresh actions (detached), alpha for the other losses is the pre-step value.
-        # The actor's parameters do not change before its own step, so where the actor step backpropagates through
-        # the live parameters this one forward (with its graph) also serves the actor loss, as in SB3.
-        reuse = self.actor_part.reuses_rows(group)
-        with torch.set_grad_enabled(reuse):
-            action_now, logp_now = self.actor(obs, task, eps)
+        # temperature, on log pi of fresh actions; every loss of this update uses the pre-step alpha
+        action_now, logp_now, reused = self._sample_for_temperature_and_actor(obs, task, eps, group)
         with torch.no_grad():
             alpha = self._alpha_of(task, self.alpha.log_alpha).exp()  # [N]
         alpha_losses, _ = self.alpha_part.step(self._alpha_rows, (logp_now.detach(), task), task, stratified, group)
@@ -260,7 +291,7 @@ class MTSAC:
             next_action, next_logp = self.actor(next_obs, task, next_eps)
             tq1, tq2 = self.critic_target(next_obs, next_action, task)
             target = rew + (1.0 - done) * self.gamma * (torch.minimum(tq1, tq2) - alpha * next_logp)
-            if self.cfg.agent.q_target_clip:
+            if self.agent_cfg.q_target_clip:
                 bound = rew_absmax / (1.0 - self.gamma)
                 target = torch.maximum(torch.minimum(target, bound), -bound)
             if self.q_value_max > 0:
@@ -270,7 +301,7 @@ class MTSAC:
         )
 
         # actor, against the updated critic (its parameters are not stepped here)
-        actor_rows = self._actor_objective(obs, action_now, logp_now, alpha, task) if reuse else None
+        actor_rows = self._actor_objective(obs, action_now, logp_now, alpha, task) if reused else None
         actor_losses, actor_norm = self.actor_part.step(
             self._actor_rows, (obs, eps, alpha, task), task, stratified, group, actor_rows
         )
@@ -292,7 +323,7 @@ class MTSAC:
     def _draw_groups(self) -> list[Tensor]:
         """A random partition of the tasks into groups of ``agent.group_size`` (the last may be smaller)."""
         perm = torch.randperm(self.num_tasks, generator=self.generator, device=self.device)
-        return list(perm.split(self.cfg.agent.group_size))
+        return list(perm.split(self.agent_cfg.group_size))
 
     # ------------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

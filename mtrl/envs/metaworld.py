@@ -293,7 +293,8 @@ def vector_strategy(cfg: EnvConfig, *, render: bool = False) -> Literal["sync", 
         # forked workers hang when the parent already holds an OpenGL context; frames are cheap to get in-process
         raise ValueError("env.vector_strategy: rendering needs the sync vector env; build it with vector_strategy=sync")
     if cfg.vector_strategy == "auto":
-        return "async" if not render and (os.cpu_count() or 1) >= cfg.num_tasks + 2 else "sync"
+        k = len(task_names(cfg.benchmark))
+        return "async" if not render and (os.cpu_count() or 1) >= k + 2 else "sync"
     return cfg.vector_strategy
 
 

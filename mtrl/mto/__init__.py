@@ -1,88 +1,59 @@
 """Multi-task optimization: combiners that turn per-task losses/gradients into one update.
 
-:data:`COMBINERS` maps the name used on the command line (``--combiner NAME``) to the combiner's frozen config
-dataclass; ``config.build(num_tasks, seed)`` makes the combiner.
+The contract is in :mod:`mtrl.mto.base`. :data:`COMBINERS` is the registry: the command-line name (``--combiner
+NAME``) of every combiner, mapped to its config, a frozen dataclass of its options (``--combiner.OPTION``) with
 
-Loss space (``requires_grads = False``, one backward of the weighted loss): mean, sum, fixed, rlw, uw, dwa, famo.
-Gradient space (``requires_grads = True``, per-task gradients ``[K, P]``): gradnorm, pcgrad, cagrad, cagrad_fast,
-mgda, imtlg, graddrop, nashmtl, alignedmtl.
+* ``name``: its key here; ``kind``: ``"loss"`` (one backward of the weighted task losses) or ``"gradient"``
+  (per-task gradients ``[K, P]`` over the shared parameters);
+* ``check(num_tasks, parts)``: a one-line ``ValueError`` for an option out of range or not finite, an option that does
+  not fit K, or a part of the SAC update (``parts`` of ``{"critic", "actor", "alpha"}``) it may not be applied to;
+* ``build(num_tasks, seed)``: the :class:`~mtrl.mto.base.Combiner`, called as ``combiner(grads, losses)``.
+
+A new combiner is one module with its :class:`~mtrl.mto.base.Combiner` and its config, and one entry in
+:data:`_CONFIGS`.
 """
 
 from __future__ import annotations
 
-from mtrl.mto.alignedmtl import AlignedMTL, AlignedMTLConfig
-from mtrl.mto.base import Combiner, GramianCombiner, NonFiniteError, Weighting
-from mtrl.mto.cagrad import CAGrad, CAGradConfig
-from mtrl.mto.cagrad_fast import CAGradFast, CAGradFastConfig
-from mtrl.mto.dwa import DWA, DWAConfig
-from mtrl.mto.famo import FAMO, FAMOConfig
-from mtrl.mto.fixed import Fixed, FixedConfig
-from mtrl.mto.graddrop import GradDrop, GradDropConfig
-from mtrl.mto.gradnorm import GradNorm, GradNormConfig
-from mtrl.mto.imtlg import IMTLG, IMTLGConfig
-from mtrl.mto.mean import Mean, MeanConfig
-from mtrl.mto.mgda import MGDA, MGDAConfig
-from mtrl.mto.nashmtl import NashMTL, NashMTLConfig
-from mtrl.mto.pcgrad import PCGrad, PCGradConfig
-from mtrl.mto.rlw import RLW, RLWConfig
-from mtrl.mto.sum import Sum, SumConfig
-from mtrl.mto.uw import UW, UWConfig
+from mtrl.mto.alignedmtl import AlignedMTLConfig
+from mtrl.mto.base import Combiner, CombinerConfigBase, NonFiniteError, Weighting
+from mtrl.mto.cagrad import CAGradConfig
+from mtrl.mto.cagrad_fast import CAGradFastConfig
+from mtrl.mto.dwa import DWAConfig
+from mtrl.mto.famo import FAMOConfig
+from mtrl.mto.fixed import FixedConfig
+from mtrl.mto.graddrop import GradDropConfig
+from mtrl.mto.gradnorm import GradNormConfig
+from mtrl.mto.imtlg import IMTLGConfig
+from mtrl.mto.mean import MeanConfig
+from mtrl.mto.mgda import MGDAConfig
+from mtrl.mto.nashmtl import NashMTLConfig
+from mtrl.mto.pcgrad import PCGradConfig
+from mtrl.mto.rlw import RLWConfig
+from mtrl.mto.sum import SumConfig
+from mtrl.mto.uw import UWConfig
 
-COMBINERS: dict[str, type] = {
-    "mean": MeanConfig,
-    "sum": SumConfig,
-    "fixed": FixedConfig,
-    "rlw": RLWConfig,
-    "uw": UWConfig,
-    "dwa": DWAConfig,
-    "famo": FAMOConfig,
-    "gradnorm": GradNormConfig,
-    "pcgrad": PCGradConfig,
-    "cagrad": CAGradConfig,
-    "cagrad_fast": CAGradFastConfig,
-    "mgda": MGDAConfig,
-    "imtlg": IMTLGConfig,
-    "graddrop": GradDropConfig,
-    "nashmtl": NashMTLConfig,
-    "alignedmtl": AlignedMTLConfig,
-}
+#: every combiner config, in command-line order (loss space first)
+_CONFIGS: tuple[type[CombinerConfigBase], ...] = (
+    MeanConfig,
+    SumConfig,
+    FixedConfig,
+    RLWConfig,
+    UWConfig,
+    DWAConfig,
+    FAMOConfig,
+    GradNormConfig,
+    PCGradConfig,
+    CAGradConfig,
+    CAGradFastConfig,
+    MGDAConfig,
+    IMTLGConfig,
+    GradDropConfig,
+    NashMTLConfig,
+    AlignedMTLConfig,
+)
 
-__all__ = [
-    "COMBINERS",
-    "DWA",
-    "FAMO",
-    "IMTLG",
-    "MGDA",
-    "RLW",
-    "UW",
-    "AlignedMTL",
-    "AlignedMTLConfig",
-    "CAGrad",
-    "CAGradConfig",
-    "CAGradFast",
-    "CAGradFastConfig",
-    "Combiner",
-    "DWAConfig",
-    "FAMOConfig",
-    "Fixed",
-    "FixedConfig",
-    "GradDrop",
-    "GradDropConfig",
-    "GradNorm",
-    "GradNormConfig",
-    "GramianCombiner",
-    "IMTLGConfig",
-    "MGDAConfig",
-    "Mean",
-    "MeanConfig",
-    "NashMTL",
-    "NashMTLConfig",
-    "NonFiniteError",
-    "PCGrad",
-    "PCGradConfig",
-    "RLWConfig",
-    "Sum",
-    "SumConfig",
-    "UWConfig",
-    "Weighting",
-]
+#: command-line name -> combiner config class (a frozen dataclass; see the module docstring)
+COMBINERS: dict[str, type[CombinerConfigBase]] = {cls.name: cls for cls in _CONFIGS}
+
+__all__ = ["COMBINERS", "Combiner", "CombinerConfigBase", "NonFiniteError", "Weighting"]

@@ -8,7 +8,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import GramianCombiner, Jacobian, as_blocks
+from mtrl.mto.base import CombinerConfigBase, Jacobian, as_blocks
+from mtrl.mto.gramian import GramianCombiner
 
 
 def aligned_weights(gram: Tensor, scale_mode: str, eps: float) -> Tensor:
@@ -58,7 +59,7 @@ class AlignedMTL(GramianCombiner):
         self.scale_mode = scale_mode
         self._eps = torch.finfo(torch.float64).eps
 
-    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:  # type: ignore[override]
+    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:
         if grads is not None:
             self._eps = torch.finfo(as_blocks(grads)[0].dtype).eps
         return super().forward(grads, losses)
@@ -71,12 +72,16 @@ class AlignedMTL(GramianCombiner):
 
 
 @dataclass(frozen=True)
-class AlignedMTLConfig:
+class AlignedMTLConfig(CombinerConfigBase):
     """Aligned-MTL: orthogonal, equal-norm aligned task gradients, averaged."""
+
+    name = "alignedmtl"
+    kind = "gradient"
 
     scale_mode: Literal["min", "median", "rmse"] = "min"
     """Which eigenvalue of the Gramian sets the aligned gradients' norm: min (paper default), median, or rmse (mean
     eigenvalue)."""
 
     def build(self, num_tasks: int, seed: int = 0) -> AlignedMTL:
+        self.check(num_tasks, frozenset())
         return AlignedMTL(num_tasks, seed, scale_mode=self.scale_mode)

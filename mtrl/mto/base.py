@@ -1,5 +1,22 @@
 """The combiner contract: per-task gradients (or only per-task losses) in, one update direction out.
 
+A combiner is a :class:`Combiner` (an ``nn.Module`` that holds its state) made from its config: a frozen dataclass of
+its options (the command-line options ``--combiner.OPTION``) deriving from :class:`CombinerConfigBase`, registered
+in :data:`mtrl.mto.COMBINERS` under its :attr:`~CombinerConfigBase.name`.
+
+* ``config.check(num_tasks, parts)`` owns the combiner's restrictions: it raises a one-line ``ValueError``
+  (``field: got X, expected Y``) for an option out of range or not finite, an option that does not fit K (``fixed``:
+  one weight per task), or a part of the SAC update the combiner may not be applied to (FAMO: the critic only).
+* ``config.build(num_tasks, seed)`` checks the options against K (``check(num_tasks, frozenset())``) and makes the
+  combiner.
+* ``combiner(grads, losses)`` (:meth:`Combiner.__call__`) checks the inputs once, for every combiner: ``losses``
+  ``[K]``; for gradient-space methods ``grads`` present, ``[K, P]``, as column blocks ``[K, P_i]`` only where
+  :attr:`Combiner.accepts_blocks`. Then :meth:`Combiner.forward`. NaN/inf are checked where it is cheapest, with
+  one host sync per call: loss-space methods in :meth:`Combiner.__call__` (:meth:`Combiner.check_finite` on the
+  losses, or deferred: :attr:`Combiner.defer_finite_checks`); gradient-space methods in ``forward``, with the
+  Gramian (:func:`mtrl.mto.gramian.checked_gramian`), whose diagonal screens ``G`` and whose transfer to the CPU is
+  the sync their solvers need anyway.
+
 Scale convention, one for all combiners: :class:`~mtrl.mto.mean.Mean` returns exactly the gradient of the mean task
 loss. Every other combiner documents its scale against it.
 
@@ -17,21 +34,26 @@ transfer per device, when a logger reads it. The keys are
 In ``stats_tensors`` every value is a 0-d tensor except ``weight`` (``[K]``), which :attr:`Combiner.stats` expands to
 ``weight/<k>``. A logger should read :attr:`Combiner.stats` only when it writes (every ``log_interval`` steps).
 
-Loss-space methods have no ``G`` and record only the weights. Gradient-space methods work in Gramian space: the
-``[K, K]`` matrix ``G G^T`` is moved to the CPU in float64 (one host sync, which their solvers need anyway; its
-diagonal doubles as the NaN/inf screen of ``G``), the weights are computed there on one intra-op thread
-(:func:`single_thread`) and the direction is ``weights @ G`` on the gradients' device.
+Loss-space methods have no ``G`` and record only the weights. Gradient-space methods work in Gramian space
+(:mod:`mtrl.mto.gramian`): the ``[K, K]`` matrix ``G G^T`` is moved to the CPU in float64, the weights are computed
+there on one intra-op thread and the direction is ``weights @ G`` on the gradients' device.
+
+Helpers that are not the contract live beside it: :mod:`mtrl.mto.gramian` (the Gramian in column blocks, weighted
+sums, thread control, :class:`~mtrl.mto.gramian.GramianCombiner`), :mod:`mtrl.mto.adam` (the Adam state of learned
+task weights), :mod:`mtrl.mto.grads` (per-task gradients, and how the agent calls a combiner).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import ClassVar, NamedTuple
+import dataclasses
+import typing
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+#: the parts of the SAC update a combiner can be applied to (config keys ``combine_<part>``), in this order
+PARTS = ("critic", "actor", "alpha")
 
 
 class Weighting(NamedTuple):
@@ -48,6 +70,13 @@ class Weighting(NamedTuple):
 Jacobian = Tensor | list[Tensor]
 
 
+def as_blocks(grads: Jacobian | None) -> list[Tensor]:
+    """The column blocks of a :data:`Jacobian` (``[]`` for None)."""
+    if grads is None:
+        return []
+    return grads if isinstance(grads, list) else [grads]
+
+
 class NonFiniteError(RuntimeError):
     """A combiner was handed a non-finite loss or gradient."""
 
@@ -56,7 +85,8 @@ class Combiner(nn.Module):
     """Maps per-task gradients ``G [K, P]`` (and per-task losses ``[K]``) to one direction ``d [P]``.
 
     Subclasses set :attr:`requires_grads`: ``False`` for loss-space methods, which get ``grads=None`` and return a
-    :class:`Weighting`; ``True`` for gradient-space methods, which return the direction ``[P]``.
+    :class:`Weighting`; ``True`` for gradient-space methods, which return the direction ``[P]``. They implement
+    :meth:`forward`; callers call the combiner (:meth:`__call__`), which checks the inputs first.
     Randomness comes from :attr:`generator` (seeded, saved in :meth:`state_dict`). After each call
     :attr:`stats_tensors` holds scalar diagnostics as tensors and :attr:`stats` the same as floats (converted lazily,
     on read) for TensorBoard (logged under ``mto/``).
@@ -68,9 +98,9 @@ class Combiner(nn.Module):
     #: loss-space methods that learn from the losses after the optimizer step (FAMO) set this and get
     #: :meth:`after_step` called with the per-task losses recomputed on the same batch.
     needs_losses_after_step: ClassVar[bool] = False
-    #: methods that only use the Gramian, row sums and weighted sums of ``G`` (through :func:`gramian`,
-    #: :meth:`check_finite`, :func:`weighted_sum`) set this: they accept ``G`` as a list of column blocks and then
-    #: return the direction as the matching list of blocks.
+    #: methods that only use the Gramian, row sums and weighted sums of ``G`` (through
+    #: :func:`~mtrl.mto.gramian.gramian`, :meth:`check_finite`, :func:`~mtrl.mto.gramian.weighted_sum`) set this: they
+    #: accept ``G`` as a list of column blocks and then return the direction as the matching list of blocks.
     accepts_blocks: ClassVar[bool] = False
 
     def __init__(self, num_tasks: int, seed: int = 0) -> None:
@@ -85,10 +115,41 @@ class Combiner(nn.Module):
         self.defer_finite_checks = False
         self._deferred_bad: Tensor | None = None  # [K] bool
 
-    def forward(self, grads: Tensor | None, losses: Tensor) -> Tensor | Weighting:  # pragma: no cover - abstract
-        """:param grads: ``[K, P]`` per-task gradients over the shared parameters, or ``None`` for loss-space methods.
+    def __call__(self, grads: Jacobian | None, losses: Tensor) -> Jacobian | Weighting:
+        """Check the inputs, then :meth:`forward` (through ``nn.Module.__call__``).
+
+        Raises ``ValueError`` unless ``losses`` is ``[K]`` and, for gradient-space methods, ``grads`` is a ``[K, P]``
+        matrix or (where :attr:`accepts_blocks`) a non-empty list of ``[K, P_i]`` blocks; for loss-space methods
+        :class:`NonFiniteError` for a NaN/inf loss (:meth:`check_finite`; deferred with :attr:`defer_finite_checks`).
+
+        :param grads: per-task gradients over the shared parameters, or ``None`` (loss-space methods ignore them).
         :param losses: ``[K]`` per-task losses (detached).
-        :returns: the direction ``[P]`` or a :class:`Weighting`.
+        :returns: what :meth:`forward` returns.
+        """
+        k = self.num_tasks
+        if losses.shape != (k,):
+            raise ValueError(f"combiner '{self}' expects losses of shape [{k}], got {tuple(losses.shape)}")
+        if not self.requires_grads:
+            self.check_finite(None, losses)
+        else:
+            if grads is None:
+                raise ValueError(f"combiner '{self}' needs the per-task gradients [K, P], got None")
+            if isinstance(grads, list) and not self.accepts_blocks:
+                raise ValueError(f"combiner '{self}' needs grads as one [{k}, P] matrix, not blocks")
+            if isinstance(grads, list) and not grads:
+                raise ValueError(f"combiner '{self}' expects grads as [{k}, P_i] blocks, got an empty list")
+            for block in as_blocks(grads):
+                if block.dim() != 2 or block.shape[0] != k:
+                    raise ValueError(f"combiner '{self}' expects grads of shape [{k}, P], got {tuple(block.shape)}")
+        return super().__call__(grads, losses)
+
+    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian | Weighting:  # pragma: no cover - abstract
+        """The combination; called by :meth:`__call__` after the input checks.
+
+        :param grads: ``[K, P]`` per-task gradients over the shared parameters (or their column blocks, where
+            :attr:`accepts_blocks`); ``None`` for loss-space methods.
+        :param losses: ``[K]`` per-task losses (detached).
+        :returns: the direction ``[P]`` (the matching blocks for blocks) or a :class:`Weighting`.
         """
         raise NotImplementedError
 
@@ -125,19 +186,6 @@ class Combiner(nn.Module):
         bad, self._deferred_bad = self._deferred_bad, None
         if bad is not None and bool(bad.any()):
             raise NonFiniteError(f"combiner '{self}' got a non-finite loss for task {int(bad.nonzero()[0, 0])}")
-
-    def checked_gramian(self, grads: Jacobian, losses: Tensor) -> Tensor:
-        """:meth:`check_finite` for the losses, then the Gramian ``[K, K]`` (float64 CPU, :func:`gramian`), whose
-        diagonal screens the gradients for NaN/inf without a separate pass over ``G``; when it is non-finite,
-        :meth:`check_finite` on the gradients names the task (same errors as calling it first)."""
-        self.check_finite(None, losses)
-        gram = gramian(grads)
-        if not bool(torch.isfinite(gram).all()):
-            self.check_finite(grads, losses)
-            raise NonFiniteError(
-                f"combiner '{self}': the Gramian of the (finite) gradients overflows {as_blocks(grads)[0].dtype}"
-            )
-        return gram
 
     # ------------------------------------------------------------------------------------------------ stats
 
@@ -179,7 +227,7 @@ class Combiner(nn.Module):
         self.stats_tensors = out
         self._stats_floats = None
 
-    # ------------------------------------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------------------------------------ state
 
     def device_generator(self, device: torch.device) -> torch.Generator:
         """A generator for drawing on ``device``: the owned one on CPU; elsewhere a fresh generator on ``device``
@@ -196,20 +244,6 @@ class Combiner(nn.Module):
                 self.to(ref.device)
             return
 
-    def check_num_tasks(self, grads: Jacobian | None, losses: Tensor) -> None:
-        """Raise ``ValueError`` when the inputs do not have :attr:`num_tasks` rows."""
-        if losses.shape != (self.num_tasks,):
-            raise ValueError(f"combiner '{self}' expects losses of shape [{self.num_tasks}], got {tuple(losses.shape)}")
-        if self.requires_grads:
-            if grads is None:
-                raise ValueError(f"combiner '{self}' needs the per-task gradients [K, P], got None")
-            if isinstance(grads, list) and not self.accepts_blocks:
-                raise ValueError(f"combiner '{self}' needs grads as one [{self.num_tasks}, P] matrix, not blocks")
-            for block in as_blocks(grads):
-                if block.dim() != 2 or block.shape[0] != self.num_tasks:
-                    shape = tuple(block.shape)
-                    raise ValueError(f"combiner '{self}' expects grads of shape [{self.num_tasks}, P], got {shape}")
-
     def get_extra_state(self) -> dict:
         return {"generator": self.generator.get_state()}
 
@@ -220,50 +254,57 @@ class Combiner(nn.Module):
         return type(self).__name__.lower()
 
 
-class GramianCombiner(Combiner):
-    """A gradient-space combiner whose direction is ``weights @ G`` with weights computed from the Gramian only.
+def fmt(x: float) -> str:
+    """Short float for run names (``str(combiner)``): 0.4 -> '0.4', 1.0 -> '1', 1e-05 -> '1e-05'."""
+    return f"{x:g}"
 
-    Subclasses implement :meth:`weights`; :meth:`forward` checks the inputs, computes ``G G^T`` (on the gradients'
-    device, then float64 CPU; :meth:`Combiner.checked_gramian` also checks finiteness), calls :meth:`weights` on one
-    intra-op thread (:func:`single_thread`), records the stats and returns ``weights @ G``. Cost beyond the ``K^2 P``
-    Gramian and the ``K P`` weighted sum: the ``K x K`` solver only.
+
+@dataclasses.dataclass(frozen=True)
+class CombinerConfigBase:
+    """What every combiner config has. A config is a frozen dataclass of the combiner's options deriving from this
+    one (which has no fields); its fields are the command-line options ``--combiner.OPTION`` (the class variables
+    below are not fields).
+
+    Subclasses set :attr:`name` and :attr:`kind`, implement :meth:`build`, and extend :meth:`check` (calling this
+    one first) with their own restrictions.
     """
 
-    requires_grads = True
-    accepts_blocks = True
+    #: the command-line name (``--combiner NAME``) and the key in :data:`mtrl.mto.COMBINERS`
+    name: ClassVar[str]
+    #: ``loss``: the combiner weights the task losses (``requires_grads = False``, one backward of the weighted loss);
+    #: ``gradient``: it needs the per-task gradients ``[K, P]``
+    kind: ClassVar[Literal["loss", "gradient"]]
 
-    def weights(self, gram: Tensor) -> Tensor:  # pragma: no cover - abstract
-        """:param gram: ``[K, K]`` float64 CPU Gramian. :returns: ``[K]`` float64 coefficients of the gradients."""
+    def check(self, num_tasks: int, parts: frozenset[str]) -> None:
+        """Raise ``ValueError`` with a one-line message ``field: got X, expected Y`` for anything that does not fit.
+
+        This base checks ``num_tasks``, that ``parts`` are parts of :data:`PARTS`, and every ``Literal`` option;
+        subclasses add their options' ranges, their options against K and where the combiner may not be applied.
+
+        :param num_tasks: K.
+        :param parts: the parts of the SAC update (of :data:`PARTS`) the combiner is applied to; empty to check the
+            options alone (:meth:`build` does).
+        """
+        if num_tasks < 1:
+            raise ValueError(f"num_tasks: got {num_tasks}, expected an integer >= 1")
+        for part in sorted(parts):
+            if part not in PARTS:
+                raise ValueError(f"parts: got {part!r}, expected some of {', '.join(PARTS)}")
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            allowed = typing.get_args(hints[field.name]) if typing.get_origin(hints[field.name]) is Literal else ()
+            value = getattr(self, field.name)
+            if allowed and value not in allowed:
+                expected = ", ".join(str(a) for a in allowed)
+                raise ValueError(f"combiner.{field.name}: got {value!r}, expected one of {expected}")
+
+    def build(self, num_tasks: int, seed: int = 0) -> Combiner:  # pragma: no cover - abstract
+        """Check the options against K and make the combiner.
+
+        :param num_tasks: K.
+        :param seed: seed of the combiner's generator.
+        """
         raise NotImplementedError
-
-    @torch.no_grad()
-    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:  # type: ignore[override]
-        self.check_num_tasks(grads, losses)
-        assert grads is not None
-        gram = self.checked_gramian(grads, losses)
-        with single_thread():
-            weights = self.weights(gram)
-            self.record_stats(gram, weights)
-        return weighted_sum(weights, grads)
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run the enclosed (tiny, ``K x K``) tensor work on one intra-op thread, then restore the thread count.
-
-    Small LAPACK/BLAS calls gain nothing from threads, and on a busy machine the OpenMP barrier of a 50 x 50 solve
-    was measured at 10-50 ms instead of 0.05 ms. Toggling costs < 1 us. (Process-global: do not run other torch
-    work concurrently from another Python thread.)
-    """
-    n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def stats_to_floats(tensors: dict[str, Tensor]) -> dict[str, float]:
@@ -289,31 +330,6 @@ def stats_to_floats(tensors: dict[str, Tensor]) -> dict[str, float]:
     return out
 
 
-#: columns per block of the CPU Gramian (a [K, 32768] float32 block stays in cache; one [K, P] x [P, K] GEMM with
-#: P = 700k was 2-3x slower on a 2-core EPYC and less accurate)
-GRAM_BLOCK = 32768
-
-
-def as_blocks(grads: Jacobian | None) -> list[Tensor]:
-    """The column blocks of a :data:`Jacobian` (``[]`` for None)."""
-    if grads is None:
-        return []
-    return grads if isinstance(grads, list) else [grads]
-
-
-def gramian(grads: Jacobian) -> Tensor:
-    """``G G^T`` of ``grads [K, P]`` (or the sum over its column blocks), computed on the gradients' device (on CPU
-    in column blocks of at most :data:`GRAM_BLOCK`), returned on the CPU in float64 ``[K, K]``, symmetrised."""
-    blocks = as_blocks(grads)
-    gram = blocks[0].new_zeros(blocks[0].shape[0], blocks[0].shape[0])
-    for block in blocks:
-        cpu_split = block.device.type == "cpu" and block.shape[1] > GRAM_BLOCK
-        for part in block.split(GRAM_BLOCK, dim=1) if cpu_split else [block]:
-            gram.addmm_(part, part.T)
-    gram = gram.to("cpu", torch.float64)
-    return 0.5 * (gram + gram.T)
-
-
 def gramian_stats(gram: Tensor) -> dict[str, Tensor]:
     """``cos_sim_mean``, ``num_conflicts`` and ``grad_norm_before`` from a Gramian ``[K, K]`` (0-d tensors)."""
     k = gram.shape[0]
@@ -328,53 +344,3 @@ def gramian_stats(gram: Tensor) -> dict[str, Tensor]:
         "num_conflicts": (gram[iu[0], iu[1]] < 0).sum().to(gram.dtype),
         "grad_norm_before": gram.sum().clamp_min(0).sqrt() / k,
     }
-
-
-def weighted_sum(weights: Tensor, grads: Jacobian) -> Jacobian:
-    """``sum_k weights[k] grads[k]``: the direction ``[P]`` on the gradients' device and dtype (a list of its
-    blocks when ``grads`` is a list of blocks)."""
-    if isinstance(grads, list):
-        w = weights.to(device=grads[0].device, dtype=grads[0].dtype)
-        return [w @ block for block in grads]
-    return weights.to(device=grads.device, dtype=grads.dtype) @ grads
-
-
-class VectorAdam(nn.Module):
-    """Adam (``torch.optim.Adam`` semantics, coupled L2 ``weight_decay``) on one small vector a combiner learns itself
-    (FAMO logits, UW log-variances, GradNorm weights). Its moments are buffers and its step count extra state, so
-    the combiner's ``state_dict`` carries them; the step count is a Python int (no device sync)."""
-
-    exp_avg: Tensor
-    exp_avg_sq: Tensor
-
-    def __init__(
-        self, n: int, lr: float, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
-    ) -> None:
-        super().__init__()
-        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
-        self.register_buffer("exp_avg", torch.zeros(n, dtype=torch.float64))
-        self.register_buffer("exp_avg_sq", torch.zeros(n, dtype=torch.float64))
-        self.steps = 0
-
-    @torch.no_grad()
-    def step(self, param: Tensor, grad: Tensor) -> None:
-        """One in-place Adam step on ``param`` with gradient ``grad``."""
-        self.steps += 1
-        if self.weight_decay:
-            grad = grad + self.weight_decay * param
-        b1, b2 = self.betas
-        self.exp_avg.mul_(b1).add_(grad, alpha=1 - b1)
-        self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        denom = (self.exp_avg_sq.sqrt() / math.sqrt(1 - b2**self.steps)).add_(self.eps)
-        param.addcdiv_(self.exp_avg, denom, value=-self.lr / (1 - b1**self.steps))
-
-    def get_extra_state(self) -> dict:
-        return {"steps": self.steps}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.steps = int(state["steps"])
-
-
-def fmt(x: float) -> str:
-    """Short float for run names: 0.4 -> '0.4', 1.0 -> '1', 1e-05 -> '1e-05'."""
-    return f"{x:g}"

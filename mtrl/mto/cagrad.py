@@ -9,7 +9,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import GramianCombiner, Jacobian, as_blocks, fmt, single_thread, weighted_sum
+from mtrl.mto.base import CombinerConfigBase, Jacobian, as_blocks, fmt
+from mtrl.mto.gramian import GramianCombiner, checked_gramian, single_thread, weighted_sum
 from mtrl.mto.mgda import bordered_solve, simplex_active_set
 
 #: ``||g_w||^2`` below this times ``(sum_k w_k ||g_k||)^2`` counts as 0 (``g_w`` cancelled to rounding noise): the dual
@@ -284,12 +285,11 @@ class CAGrad(GramianCombiner):
         return alpha / (1.0 + self.c**2)
 
     @torch.no_grad()
-    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:  # type: ignore[override]
+    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:
         if self.solver == "sgd20":
             return super().forward(grads, losses)
-        self.check_num_tasks(grads, losses)
-        assert grads is not None
-        gram = self.checked_gramian(grads, losses)
+        assert grads is not None  # checked by Combiner.__call__
+        gram = checked_gramian(self, grads, losses)
         k = gram.shape[0]
         with single_thread():
             offset, w = cagrad_dual(gram, self.c, torch.full((k,), 1.0 / k, dtype=torch.float64), self.support)
@@ -310,13 +310,17 @@ def record_ball_stats(comb: GramianCombiner, gram: Tensor, alpha: Tensor, norm: 
 
 
 def check_c(c: float) -> None:
+    """Raise ``ValueError`` unless the radius factor ``c`` is finite and ``>= 0``."""
     if not (math.isfinite(c) and c >= 0):
         raise ValueError(f"combiner.c: got {c}, expected a number >= 0")
 
 
 @dataclass(frozen=True)
-class CAGradConfig:
+class CAGradConfig(CombinerConfigBase):
     """CAGrad: conflict-averse gradient descent."""
+
+    name = "cagrad"
+    kind = "gradient"
 
     c: float = 0.4
     """Radius of the ball around the mean gradient, relative to its norm (0 = mean; MTRL runs: 0.9 on MT10, 0.5 on
@@ -325,9 +329,11 @@ class CAGradConfig:
     """Dual solver: exact (active-set, exact optimum) or sgd20 (the 20-step softmax-SGD solver of the MTRL code
     used for the published MT10/MT50 numbers)."""
 
-    def validate(self) -> None:
+    def check(self, num_tasks: int, parts: frozenset[str]) -> None:
+        """``c`` finite and ``>= 0``."""
+        super().check(num_tasks, parts)
         check_c(self.c)
 
     def build(self, num_tasks: int, seed: int = 0) -> CAGrad:
-        self.validate()
+        self.check(num_tasks, frozenset())
         return CAGrad(num_tasks, seed, c=self.c, solver=self.solver)

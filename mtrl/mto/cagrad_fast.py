@@ -8,8 +8,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import GramianCombiner, Jacobian, fmt, single_thread
+from mtrl.mto.base import CombinerConfigBase, Jacobian, fmt
 from mtrl.mto.cagrad import ball_direction, cagrad_dual, cagrad_dual_weights, check_c, record_ball_stats
+from mtrl.mto.gramian import GramianCombiner, checked_gramian, single_thread
 
 
 def random_groups(num_tasks: int, k: int, grouping: str, generator: torch.Generator) -> Tensor:
@@ -77,10 +78,9 @@ class CAGradFast(GramianCombiner):
         return avg, (avg > 0).sum(1).to(torch.float64) / num_tasks
 
     @torch.no_grad()
-    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:  # type: ignore[override]
-        self.check_num_tasks(grads, losses)
-        assert grads is not None
-        gram = self.checked_gramian(grads, losses)
+    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:
+        assert grads is not None  # checked by Combiner.__call__
+        gram = checked_gramian(self, grads, losses)
         with single_thread():
             avg, base = self._groups(gram.shape[0])
             offset, w = cagrad_dual(avg @ gram @ avg.T, self.c, base)
@@ -95,8 +95,11 @@ class CAGradFast(GramianCombiner):
 
 
 @dataclass(frozen=True)
-class CAGradFastConfig:
+class CAGradFastConfig(CombinerConfigBase):
     """CAGrad-Fast: CAGrad on k random task groups."""
+
+    name = "cagrad_fast"
+    kind = "gradient"
 
     c: float = 0.4
     """Radius of the ball around the mean gradient, relative to its norm (MTRL MT50 run: 0.5)."""
@@ -105,11 +108,13 @@ class CAGradFastConfig:
     grouping: Literal["even", "singletons"] = "even"
     """even: groups of near-equal size; singletons: k-1 single tasks plus one group of the rest (MTRL's scheme)."""
 
-    def validate(self) -> None:
+    def check(self, num_tasks: int, parts: frozenset[str]) -> None:
+        """``c`` finite and ``>= 0``, ``k >= 1``; ``k >= K`` is allowed (one task per group: CAGrad)."""
+        super().check(num_tasks, parts)
         check_c(self.c)
         if self.k < 1:
             raise ValueError(f"combiner.k: got {self.k}, expected an integer >= 1")
 
     def build(self, num_tasks: int, seed: int = 0) -> CAGradFast:
-        self.validate()
+        self.check(num_tasks, frozenset())
         return CAGradFast(num_tasks, seed, c=self.c, k=self.k, grouping=self.grouping)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import Combiner, Weighting
+from mtrl.mto.base import Combiner, CombinerConfigBase, Jacobian, Weighting
 
 
 class DWA(Combiner):
@@ -40,9 +40,7 @@ class DWA(Combiner):
         self.calls = 0
 
     @torch.no_grad()
-    def forward(self, grads: Tensor | None, losses: Tensor) -> Weighting:
-        self.check_num_tasks(grads, losses)
-        self.check_finite(None, losses)
+    def forward(self, grads: Jacobian | None, losses: Tensor) -> Weighting:
         self.follow_device(losses)
         self.history.copy_(torch.roll(self.history, -1, dims=0))
         self.history[-1] = losses.to(torch.float64)
@@ -66,20 +64,25 @@ class DWA(Combiner):
 
 
 @dataclass(frozen=True)
-class DWAConfig:
+class DWAConfig(CombinerConfigBase):
     """Dynamic weight average over sliding iteration windows (nash-mtl variant)."""
+
+    name = "dwa"
+    kind = "loss"
 
     window: int = 25
     """Calls per window ("epoch"); the rates compare the last window with the one before (nash-mtl: 25)."""
     temperature: float = 2.0
     """Softmax temperature T; larger is more uniform (paper: 2)."""
 
-    def validate(self) -> None:
+    def check(self, num_tasks: int, parts: frozenset[str]) -> None:
+        """``window >= 1`` and ``temperature > 0``."""
+        super().check(num_tasks, parts)
         if self.window < 1:
             raise ValueError(f"combiner.window: got {self.window}, expected an integer >= 1")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"combiner.temperature: got {self.temperature}, expected a number > 0")
 
     def build(self, num_tasks: int, seed: int = 0) -> DWA:
-        self.validate()
+        self.check(num_tasks, frozenset())
         return DWA(num_tasks, seed, window=self.window, temperature=self.temperature)

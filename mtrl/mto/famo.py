@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import Combiner, VectorAdam, Weighting
+from mtrl.mto.adam import VectorAdam
+from mtrl.mto.base import PARTS, Combiner, CombinerConfigBase, Jacobian, Weighting
 
 _EPS = 1e-8
 
@@ -31,9 +32,9 @@ class FAMO(Combiner):
     the critic loss only. Default ``weight_decay`` 1e-3 (paper Alg. 2, torchjd, LibMTL); official code 1e-5; the MT10
     ``run.sh`` uses ``gamma=0.01, w_lr=0.025``.
 
-    Requires every ``L_i > b`` (``min_loss``): raises ``ValueError`` otherwise (the SAC actor loss can be negative:
-    apply FAMO to the critic only, as the paper's MT10 runs, or set ``min_loss``). State (logits, Adam moments, the
-    losses of the last call) is in ``state_dict``.
+    Requires every ``L_i > b`` (``min_loss``): raises ``ValueError`` otherwise. The SAC actor and temperature losses
+    are not bounded below, so :meth:`FAMOConfig.check` allows the critic only, as the paper's MT10 runs. State
+    (logits, Adam moments, the losses of the last call) is in ``state_dict``.
 
     Scale: the weights sum to 1 (a convex combination; ``mean`` at uniform ``z`` and equal losses). K=1 gives weight 1.
     """
@@ -68,9 +69,7 @@ class FAMO(Combiner):
         return shifted
 
     @torch.no_grad()
-    def forward(self, grads: Tensor | None, losses: Tensor) -> Weighting:
-        self.check_num_tasks(grads, losses)
-        self.check_finite(None, losses)
+    def forward(self, grads: Jacobian | None, losses: Tensor) -> Weighting:
         self.follow_device(losses)
         shifted = self._shifted(losses)
         z = torch.softmax(self.logits, dim=0)
@@ -102,8 +101,11 @@ class FAMO(Combiner):
 
 
 @dataclass(frozen=True)
-class FAMOConfig:
+class FAMOConfig(CombinerConfigBase):
     """FAMO: loss-space balancing of the task losses' log decrease rates."""
+
+    name = "famo"
+    kind = "loss"
 
     lr: float = 0.025
     """Adam learning rate of the task logits (paper, torchjd, MT10 run.sh: 0.025)."""
@@ -112,14 +114,23 @@ class FAMOConfig:
     min_loss: float = 0.0
     """Lower bound b subtracted from every loss before the log (0 for non-negative losses such as the critic's)."""
 
-    def validate(self) -> None:
+    def check(self, num_tasks: int, parts: frozenset[str]) -> None:
+        """``lr > 0``, ``weight_decay >= 0``, ``min_loss`` finite; applied to the critic only: FAMO takes
+        ``log(L - min_loss)`` and the SAC actor and temperature losses are not bounded below."""
+        super().check(num_tasks, parts)
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"combiner.lr: got {self.lr}, expected a number > 0")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"combiner.weight_decay: got {self.weight_decay}, expected a number >= 0")
         if not math.isfinite(self.min_loss):
             raise ValueError(f"combiner.min_loss: got {self.min_loss}, expected a finite number")
+        for part in PARTS:
+            if part in parts and part != "critic":
+                raise ValueError(
+                    f"combine_{part}: got true with combiner famo, which needs losses bounded below and the SAC {part} "
+                    f"loss is not; add --combine_{part} false (critic only, as in the FAMO paper's MT10 runs)"
+                )
 
     def build(self, num_tasks: int, seed: int = 0) -> FAMO:
-        self.validate()
+        self.check(num_tasks, frozenset())
         return FAMO(num_tasks, seed, lr=self.lr, weight_decay=self.weight_decay, min_loss=self.min_loss)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import GRAM_BLOCK, Combiner, Jacobian, as_blocks, fmt
+from mtrl.mto.base import Combiner, CombinerConfigBase, Jacobian, as_blocks, fmt
+from mtrl.mto.gramian import GRAM_BLOCK, checked_gramian
 
 
 def column_sums(grads: Tensor) -> tuple[Tensor, Tensor]:
@@ -49,10 +50,9 @@ class GradDrop(Combiner):
         self.leak = leak
 
     @torch.no_grad()
-    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:  # type: ignore[override]
-        self.check_num_tasks(grads, losses)
-        assert grads is not None
-        gram = self.checked_gramian(grads, losses)  # for the stats; also the finiteness check
+    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:
+        assert grads is not None  # checked by Combiner.__call__
+        gram = checked_gramian(self, grads, losses)  # for the stats; also the finiteness check
         blocks = as_blocks(grads)
         sums = [column_sums(block) for block in blocks]
         total, absolute = torch.cat([t for t, _ in sums]), torch.cat([a for _, a in sums])  # [P] each
@@ -77,16 +77,21 @@ class GradDrop(Combiner):
 
 
 @dataclass(frozen=True)
-class GradDropConfig:
+class GradDropConfig(CombinerConfigBase):
     """GradDrop on parameter gradients: random per-coordinate sign selection."""
+
+    name = "graddrop"
+    kind = "gradient"
 
     leak: float = 0.0
     """Fraction of every task gradient that always passes (0 = paper default; 1 = mean)."""
 
-    def validate(self) -> None:
+    def check(self, num_tasks: int, parts: frozenset[str]) -> None:
+        """``leak`` in ``[0, 1]``."""
+        super().check(num_tasks, parts)
         if not (math.isfinite(self.leak) and 0.0 <= self.leak <= 1.0):
             raise ValueError(f"combiner.leak: got {self.leak}, expected a number in [0, 1]")
 
     def build(self, num_tasks: int, seed: int = 0) -> GradDrop:
-        self.validate()
+        self.check(num_tasks, frozenset())
         return GradDrop(num_tasks, seed, leak=self.leak)

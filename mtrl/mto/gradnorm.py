@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import Combiner, Jacobian, VectorAdam, single_thread, weighted_sum
+from mtrl.mto.adam import VectorAdam
+from mtrl.mto.base import Combiner, CombinerConfigBase, Jacobian
+from mtrl.mto.gramian import checked_gramian, single_thread, weighted_sum
 
 _EPS = 1e-12
 
@@ -49,10 +51,9 @@ class GradNorm(Combiner):
         self.adam = VectorAdam(num_tasks, lr)
 
     @torch.no_grad()
-    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:  # type: ignore[override]
-        self.check_num_tasks(grads, losses)
-        assert grads is not None
-        gram = self.checked_gramian(grads, losses)
+    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:
+        assert grads is not None  # checked by Combiner.__call__
+        gram = checked_gramian(self, grads, losses)
         current = losses.detach().to("cpu", torch.float64).abs()
         with single_thread():
             self.follow_device(gram)
@@ -74,20 +75,25 @@ class GradNorm(Combiner):
 
 
 @dataclass(frozen=True)
-class GradNormConfig:
+class GradNormConfig(CombinerConfigBase):
     """GradNorm: task weights learned to balance the weighted per-task gradient norms."""
+
+    name = "gradnorm"
+    kind = "gradient"
 
     alpha: float = 1.5
     """Asymmetry alpha: how strongly slower-training tasks get larger gradient norms (paper: 1.5 on NYUv2)."""
     lr: float = 1e-3
     """Adam learning rate of the task weights (no MT-SAC reference; mtrl hard-codes 1e-6, i.e. frozen weights)."""
 
-    def validate(self) -> None:
+    def check(self, num_tasks: int, parts: frozenset[str]) -> None:
+        """``alpha >= 0`` and ``lr > 0``. Any part: the loss ratios use ``|L|``."""
+        super().check(num_tasks, parts)
         if not (math.isfinite(self.alpha) and self.alpha >= 0):
             raise ValueError(f"combiner.alpha: got {self.alpha}, expected a number >= 0")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"combiner.lr: got {self.lr}, expected a number > 0")
 
     def build(self, num_tasks: int, seed: int = 0) -> GradNorm:
-        self.validate()
+        self.check(num_tasks, frozenset())
         return GradNorm(num_tasks, seed, alpha=self.alpha, lr=self.lr)

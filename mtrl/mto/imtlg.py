@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import GramianCombiner, Jacobian, as_blocks
+from mtrl.mto.base import CombinerConfigBase, Jacobian, as_blocks
+from mtrl.mto.gramian import GramianCombiner
 
 
 def imtlg_weights(gram: Tensor, rtol: float) -> Tensor:
@@ -46,7 +47,7 @@ class IMTLG(GramianCombiner):
         super().__init__(num_tasks, seed)
         self._rtol = num_tasks * torch.finfo(torch.float64).eps
 
-    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:  # type: ignore[override]
+    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:
         if grads is not None:
             self._rtol = self.num_tasks * torch.finfo(as_blocks(grads)[0].dtype).eps
         return super().forward(grads, losses)
@@ -56,8 +57,12 @@ class IMTLG(GramianCombiner):
 
 
 @dataclass(frozen=True)
-class IMTLGConfig:
+class IMTLGConfig(CombinerConfigBase):
     """IMTL-G: equal projection of the update on every task's unit gradient."""
 
+    name = "imtlg"
+    kind = "gradient"
+
     def build(self, num_tasks: int, seed: int = 0) -> IMTLG:
+        self.check(num_tasks, frozenset())
         return IMTLG(num_tasks, seed)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import Combiner, Weighting
+from mtrl.mto.base import Combiner, CombinerConfigBase, Jacobian, Weighting
 
 
 class Mean(Combiner):
@@ -23,14 +23,17 @@ class Mean(Combiner):
     #: with a uniform batch (unequal rows per task) the weights apply to rows: the batch mean (see mtrl.mto.grads)
     row_weighted = True
 
-    def forward(self, grads: Tensor | None, losses: Tensor) -> Weighting:
-        self.check_finite(None, losses)
+    def forward(self, grads: Jacobian | None, losses: Tensor) -> Weighting:
         return Weighting(torch.full_like(losses, 1.0 / self.num_tasks))
 
 
 @dataclass(frozen=True)
-class MeanConfig:
+class MeanConfig(CombinerConfigBase):
     """Unitary scalarization: no options."""
 
+    name = "mean"
+    kind = "loss"
+
     def build(self, num_tasks: int, seed: int = 0) -> Mean:
+        self.check(num_tasks, frozenset())
         return Mean(num_tasks, seed)

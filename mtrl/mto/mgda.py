@@ -10,7 +10,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import GramianCombiner
+from mtrl.mto.base import CombinerConfigBase
+from mtrl.mto.gramian import GramianCombiner
 
 #: the relative optimality tolerance of the active-set solvers: a vertex ``j`` enters while
 #: ``s_j < ref - SIMPLEX_TOL * scale_j``, with ``scale_j`` the size of the terms of ``s_j - ref`` (see
@@ -182,12 +183,16 @@ class MGDA(GramianCombiner):
 
 
 @dataclass(frozen=True)
-class MGDAConfig:
+class MGDAConfig(CombinerConfigBase):
     """MGDA: exact min-norm point of the convex hull of the task gradients."""
+
+    name = "mgda"
+    kind = "gradient"
 
     normalization: Literal["none", "l2"] = "none"
     """Gradient normalization before the min-norm solve: none, or l2 (unit-norm gradients, as Kurin et al.'s RL
     runs; the weights are then applied to the raw gradients, as in the official code)."""
 
     def build(self, num_tasks: int, seed: int = 0) -> MGDA:
+        self.check(num_tasks, frozenset())
         return MGDA(num_tasks, seed, normalization=self.normalization)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import GramianCombiner, Jacobian, as_blocks, fmt
+from mtrl.mto.base import CombinerConfigBase, Jacobian, as_blocks, fmt
+from mtrl.mto.gramian import GramianCombiner
 
 #: ridge added to the unit-diagonal (correlation) Gramian; keeps the problem bounded when some ``alpha >= 0``
 #: combination of the gradients is 0 (``g`` and ``-g``, rank 1 with mixed signs): those weights become
@@ -170,7 +171,7 @@ class NashMTL(GramianCombiner):
         self.calls = 0
         self.ridge = _RIDGE
 
-    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:  # type: ignore[override]
+    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:
         if grads is not None:
             self.ridge = max(_RIDGE, _RIDGE_EPS * torch.finfo(as_blocks(grads)[0].dtype).eps)
         return super().forward(grads, losses)
@@ -222,8 +223,11 @@ class NashMTL(GramianCombiner):
 
 
 @dataclass(frozen=True)
-class NashMTLConfig:
+class NashMTLConfig(CombinerConfigBase):
     """Nash-MTL: Nash bargaining weights (G alpha = 1/alpha), damped Newton in torch."""
+
+    name = "nashmtl"
+    kind = "gradient"
 
     update_every: int = 1
     """Recompute the weights every this many calls; reuse the previous ones in between (official default 1)."""
@@ -231,12 +235,14 @@ class NashMTLConfig:
     """Rescale the direction to norm <= max_norm (official clip_grad_norm_ value 1.0); 0 = off (norm sqrt(K), as the
     FAMO-repo MT10 port)."""
 
-    def validate(self) -> None:
+    def check(self, num_tasks: int, parts: frozenset[str]) -> None:
+        """``update_every >= 1`` and ``max_norm`` finite and ``>= 0``."""
+        super().check(num_tasks, parts)
         if self.update_every < 1:
             raise ValueError(f"combiner.update_every: got {self.update_every}, expected an integer >= 1")
         if not (math.isfinite(self.max_norm) and self.max_norm >= 0):
             raise ValueError(f"combiner.max_norm: got {self.max_norm}, expected a number >= 0 (0 = off)")
 
     def build(self, num_tasks: int, seed: int = 0) -> NashMTL:
-        self.validate()
+        self.check(num_tasks, frozenset())
         return NashMTL(num_tasks, seed, update_every=self.update_every, max_norm=self.max_norm)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import GramianCombiner
+from mtrl.mto.base import CombinerConfigBase
+from mtrl.mto.gramian import GramianCombiner
 
 
 def pcgrad_weights(gram: Tensor, orders: Tensor) -> Tensor:
@@ -63,8 +64,12 @@ class PCGrad(GramianCombiner):
 
 
 @dataclass(frozen=True)
-class PCGradConfig:
+class PCGradConfig(CombinerConfigBase):
     """PCGrad (mtrl variant: mean of the projected gradients, random order per task)."""
 
+    name = "pcgrad"
+    kind = "gradient"
+
     def build(self, num_tasks: int, seed: int = 0) -> PCGrad:
+        self.check(num_tasks, frozenset())
         return PCGrad(num_tasks, seed)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import Combiner, Weighting
+from mtrl.mto.base import Combiner, CombinerConfigBase, Jacobian, Weighting
 
 
 class RLW(Combiner):
@@ -24,9 +24,7 @@ class RLW(Combiner):
 
     requires_grads = False
 
-    def forward(self, grads: Tensor | None, losses: Tensor) -> Weighting:
-        self.check_num_tasks(grads, losses)
-        self.check_finite(None, losses)
+    def forward(self, grads: Jacobian | None, losses: Tensor) -> Weighting:
         z = torch.randn(self.num_tasks, generator=self.generator, dtype=losses.dtype)
         weights = torch.softmax(z, dim=0).to(losses.device, non_blocking=True)
         self.record_stats(weights=weights)
@@ -34,8 +32,12 @@ class RLW(Combiner):
 
 
 @dataclass(frozen=True)
-class RLWConfig:
+class RLWConfig(CombinerConfigBase):
     """Random loss weighting: softmax of standard normal logits, redrawn every call."""
 
+    name = "rlw"
+    kind = "loss"
+
     def build(self, num_tasks: int, seed: int = 0) -> RLW:
+        self.check(num_tasks, frozenset())
         return RLW(num_tasks, seed)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import Combiner, Weighting
+from mtrl.mto.base import Combiner, CombinerConfigBase, Jacobian, Weighting
 
 
 class Sum(Combiner):
@@ -23,17 +23,19 @@ class Sum(Combiner):
     #: with a uniform batch (unequal rows per task) the weights apply to rows: the batch mean (see mtrl.mto.grads)
     row_weighted = True
 
-    def forward(self, grads: Tensor | None, losses: Tensor) -> Weighting:
-        self.check_num_tasks(grads, losses)
-        self.check_finite(None, losses)
+    def forward(self, grads: Jacobian | None, losses: Tensor) -> Weighting:
         weights = torch.ones_like(losses)
         self.record_stats(weights=weights)
         return Weighting(weights)
 
 
 @dataclass(frozen=True)
-class SumConfig:
+class SumConfig(CombinerConfigBase):
     """Sum of the task losses: no options."""
 
+    name = "sum"
+    kind = "loss"
+
     def build(self, num_tasks: int, seed: int = 0) -> Sum:
+        self.check(num_tasks, frozenset())
         return Sum(num_tasks, seed)

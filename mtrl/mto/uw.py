@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import Combiner, VectorAdam, Weighting
+from mtrl.mto.adam import VectorAdam
+from mtrl.mto.base import Combiner, CombinerConfigBase, Jacobian, Weighting
 
 
 class UW(Combiner):
@@ -38,9 +39,7 @@ class UW(Combiner):
         self.adam = VectorAdam(num_tasks, lr)
 
     @torch.no_grad()
-    def forward(self, grads: Tensor | None, losses: Tensor) -> Weighting:
-        self.check_num_tasks(grads, losses)
-        self.check_finite(None, losses)
+    def forward(self, grads: Jacobian | None, losses: Tensor) -> Weighting:
         self.follow_device(losses)
         precision = torch.exp(-self.log_var)
         weights = 0.5 * precision
@@ -51,20 +50,26 @@ class UW(Combiner):
 
 
 @dataclass(frozen=True)
-class UWConfig:
+class UWConfig(CombinerConfigBase):
     """Uncertainty weighting: learned per-task log-variances."""
+
+    name = "uw"
+    kind = "loss"
 
     lr: float = 0.01
     """Adam learning rate of the log-variances (FAMO repo MT10 uw.py: 0.01)."""
     init: float = 0.0
     """Initial log-variance of every task (paper / torchjd: 0; LibMTL: -0.5)."""
 
-    def validate(self) -> None:
+    def check(self, num_tasks: int, parts: frozenset[str]) -> None:
+        """``lr > 0`` and ``init`` finite. Any part: with a negative loss the weights grow without bound (see
+        :class:`UW`), as in the FAMO-repo port, which applies UW to the actor too."""
+        super().check(num_tasks, parts)
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"combiner.lr: got {self.lr}, expected a number > 0")
         if not math.isfinite(self.init):
             raise ValueError(f"combiner.init: got {self.init}, expected a finite number")
 
     def build(self, num_tasks: int, seed: int = 0) -> UW:
-        self.validate()
+        self.check(num_tasks, frozenset())
         return UW(num_tasks, seed, lr=self.lr, init=self.init)

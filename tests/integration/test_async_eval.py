@@ -28,7 +28,7 @@ def _run(tmp_path: Path, name: str, **extra) -> Path:
 
 
 def _actor(cfg: NetConfig = AGENT.actor) -> Actor:
-    return Actor(2, 2, ENV.num_tasks, AGENT.conditioning, cfg).eval()  # the toy env: obs and actions in the plane
+    return Actor(2, 2, ENV.toy_tasks, AGENT.conditioning, cfg).eval()  # the toy env: obs and actions in the plane
 
 
 def test_async_eval_logs_the_same_values_at_the_same_steps_as_sync(tmp_path):
@@ -77,7 +77,7 @@ def test_evaluator_matches_evaluate_on_the_same_snapshot():
             done = evaluator.poll()
             time.sleep(0.01)
         assert evaluator.pending == 0 and evaluator.wait() == []
-    (step, result), tasks = done[0], torch.arange(ENV.num_tasks)
+    (step, result), tasks = done[0], torch.arange(ENV.toy_tasks)
     actor.load_state_dict(snapshot)
     with torch.no_grad():
         expected = evaluate(

@@ -11,7 +11,7 @@ from tbparse import SummaryReader
 from toyruns import TINY as TOY_RUN
 
 from mtrl.config import ConfigError, from_flat
-from mtrl.single_task import add_transition, check_resumable, make_model, train_single_task
+from mtrl.single_task import add_transition, make_model
 from mtrl.train import train
 
 TINY = {
@@ -35,7 +35,7 @@ def scalars(run: Path):
 
 @pytest.fixture(scope="module")
 def st_run(tmp_path_factory) -> Path:
-    return train_single_task(tiny(tmp_path_factory.mktemp("runs"), "st"), progress=False)
+    return train(tiny(tmp_path_factory.mktemp("runs"), "st"), progress=False)
 
 
 def test_single_task_run_writes_the_mtsac_layout_and_keys(st_run, tmp_path):
@@ -57,7 +57,7 @@ def test_single_task_run_writes_the_mtsac_layout_and_keys(st_run, tmp_path):
 
 
 def test_same_seed_gives_identical_eval_success(st_run, tmp_path):
-    again = train_single_task(tiny(tmp_path, "again"), progress=False)
+    again = train(tiny(tmp_path, "again"), progress=False)
     a, b = scalars(st_run), scalars(again)
     for tag in ("eval/success_rate", "eval/return/reach-0", "losses/critic"):
         va, vb = a[a.tag == tag].value.to_numpy(), b[b.tag == tag].value.to_numpy()
@@ -75,11 +75,11 @@ def test_time_limit_truncation_bootstraps_and_termination_does_not():
     assert dones == {"truncated": 0.0, "terminated": 1.0}
 
 
-def test_resume_is_refused_with_one_line():
+def test_resume_is_refused_with_one_line(tmp_path):
     with pytest.raises(ConfigError) as info:
-        check_resumable(tiny(Path("unused"), "unused"))
+        train(tiny(tmp_path, "unused"), run=tmp_path / "unused")
     assert str(info.value) == "agent.kind: resume is not supported for single_task runs; start a new run"
-    check_resumable(from_flat({}))  # mtsac runs resume
+    assert not (tmp_path / "unused").exists()
 
 
 def test_evaluate_on_a_single_task_run_says_what_it_is(tmp_path, capsys):

@@ -86,14 +86,13 @@ def test_sweep_starts_resumes_restarts_then_skips(tmp_path, capsys):
     assert mtimes == {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/checkpoints/latest")}
 
 
-def test_a_failing_run_is_reported_and_the_exit_code_is_1(tmp_path, capsys):
-    if torch.cuda.is_available():
-        pytest.skip("needs a machine without CUDA to make a run fail")
-    spec = write_spec(tmp_path, methods={"gpu": {"device": "cuda"}}, seeds=[1])
+def test_a_failing_run_is_reported_and_the_exit_code_is_1(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MTRL_CRASH_POINT", "state")  # each run kills itself (SIGKILL) in its first checkpoint write
+    spec = write_spec(tmp_path, methods={"mean": {"combiner": "mean"}}, seeds=[1])
     assert cli([str(spec)]) == 1
     captured = capsys.readouterr()
-    assert statuses(captured.out) == {"gpu__s1": "failed"}
-    assert "device: got 'cuda'" in (tmp_path / "sweep" / "gpu__s1.log").read_text()
+    assert statuses(captured.out) == {"mean__s1": "failed"}
+    assert "mean__s1: failed with exit code -9" in captured.err
 
 
 def _fail(capsys, argv) -> str:
@@ -106,7 +105,10 @@ def _fail(capsys, argv) -> str:
 
 def test_bad_specs_give_one_line_errors_and_start_nothing(tmp_path, capsys):
     bad_key = write_spec(tmp_path, methods={"mean": {"combiner": "mean"}, "typo": {"agent.nope": 1}})
-    assert "typo__s1: unknown config key 'agent.nope'" in _fail(capsys, [str(bad_key), "--workers", "2"])
+    assert "typo__s1: unknown option --agent.nope" in _fail(capsys, [str(bad_key), "--workers", "2"])
+    gpu = write_spec(tmp_path, methods={"gpu": {"device": "cuda"}})
+    if not torch.cuda.is_available():  # checked before any run starts
+        assert "gpu__s1: device: got 'cuda', but torch sees no CUDA device" in _fail(capsys, [str(gpu)])
     bad_value = write_spec(tmp_path, set={**TINY, "total_steps": "ten"})
     assert "total_steps: got 'ten'" in _fail(capsys, [str(bad_value)])
     owned = write_spec(tmp_path, set={**TINY, "seed": 3})

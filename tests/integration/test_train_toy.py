@@ -89,7 +89,7 @@ def _fail(capsys, argv):
 
 def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
     rd = str(tmp_path / "runs")
-    assert "unknown config key 'agent.nope'" in _fail(capsys, ["train", "--agent.nope", "1", "--run_dir", rd])
+    assert "unknown option --agent.nope" in _fail(capsys, ["train", "--agent.nope", "1", "--run_dir", rd])
     assert "total_steps: got 'ten'" in _fail(capsys, ["train", "--total_steps", "ten", "--run_dir", rd])
     assert "total_steps: got -3" in _fail(capsys, ["train", "--total_steps", "-3", "--run_dir", rd])
     assert "env.benchmark: got 'MT7'" in _fail(capsys, ["train", "--env.benchmark", "MT7", "--run_dir", rd])

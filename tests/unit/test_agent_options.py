@@ -6,6 +6,7 @@ import torch
 from mtrl.agents.mtsac import MTSAC
 from mtrl.buffers import ReplayBatch
 from mtrl.config import from_flat
+from mtrl.train import make_agent
 
 K, M, OBS, ACT = 3, 4, 5, 2
 
@@ -13,7 +14,7 @@ K, M, OBS, ACT = 3, 4, 5, 2
 def _agent(**items) -> MTSAC:
     torch.manual_seed(0)
     cfg = from_flat({"env.toy_tasks": K, "agent.actor.hidden_dim": 8, "agent.critic.hidden_dim": 8, **items})
-    return MTSAC(OBS, ACT, K, cfg, torch.device("cpu"))
+    return make_agent(cfg, OBS, ACT, K, torch.device("cpu"))
 
 
 def _batch(reward: float = 1.0) -> ReplayBatch:

@@ -26,15 +26,18 @@ def test_bench_writes_every_measurement(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--combiners", "pcgard"], "unknown combiner 'pcgard'"),
+        (["--combiners", "pcgard"], "--combiners: got 'pcgard', expected some of mean, sum"),
         (["--device", "tpu"], "--device: got 'tpu'"),
-        (["--rounds", "0"], "--rounds and --train-steps must be >= 1"),
-        (["--sb3-batch", "1"], "--sb3-batch values must be >= 2"),
+        (["--rounds", "0"], "--rounds: got 0, expected a positive integer"),
+        (["--sb3-batch", "1"], "--sb3-batch: got [1], expected batch sizes >= 2"),
+        (["--rounds", "nan"], "rounds: got 'nan', expected an integer"),
+        (["--json", "/proc/b.json"], "--json: '/proc/b.json' cannot be written"),
+        (["--json", "/"], "--json: '/' is a directory, expected a file"),
     ],
 )
 def test_bench_bad_input_is_one_line(tmp_path, capsys, args, message):
     out = tmp_path / "b.json"
-    assert main(["bench", *args, "--json", str(out)]) == 2
+    assert main(["bench", *args] + ([] if "--json" in args else ["--json", str(out)])) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not out.exists()

@@ -3,7 +3,7 @@
 ``hard_jacobian`` draws ``J = diag(scales) (A B [+ 1 v^T])``: ``A [K, r]``, ``B [r, P]`` standard normal, rank
 ``r < K`` (with the optional shared component ``v``, ``r + 1 < K``), per-task scales log-uniform in ``[1e-3, 1e3]``
 (``[1e-8, 1e8]`` for the finiteness family), cast to float32 (as the agent's gradients; the Gramian is then computed
-in float32 by :func:`mtrl.mto.base.gramian`) or kept in float64. Every combiner is called as the agent calls it:
+in float32 by :func:`mtrl.mto.gramian.gramian`) or kept in float64. Every combiner is called as the agent calls it:
 ``comb(J, losses)`` and, where it accepts blocks, ``comb([J[:, :a], J[:, a:]], losses)``; one combiner instance per
 test and ``K`` sees all the Jacobians (warm starts from unrelated previous calls included). The references (``g_0``,
 the Gramian of the checks) are computed in float64 from the Jacobian as passed (after the float32 cast).
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from mtrl.mto import COMBINERS, Combiner, Weighting
-from mtrl.mto.base import gramian
+from mtrl.mto.gramian import gramian
 from mtrl.mto.mgda import min_norm_weights
 
 F64 = torch.float64

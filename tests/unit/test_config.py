@@ -1,8 +1,9 @@
 from pathlib import Path
 
 import pytest
+from docs_helper import field_docs
 
-from mtrl.config import ConfigError, TrainConfig, dump_yaml, flatten, from_flat, help_rows, load_yaml, to_flat
+from mtrl.config import ConfigError, TrainConfig, dump_yaml, flatten, from_flat, load_yaml, option_keys, to_flat
 from mtrl.mto import COMBINERS
 
 PRESETS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
@@ -35,27 +36,46 @@ def test_nested_yaml_is_flattened():
 @pytest.mark.parametrize(
     "items,message",
     [
-        ({"nope": 1}, "unknown config key 'nope'"),
-        ({"agent.actr.lr": 1}, "unknown config key 'agent.actr.lr'"),
-        ({"total_steps": "many"}, "total_steps: got 'many', expected an int"),
+        ({"nope": 1}, "unknown option --nope"),
+        ({"agent.actr.lr": 1}, "unknown option --agent.actr.lr; did you mean --agent.actor.lr?"),
+        ({"total_steps": "many"}, "total_steps: got 'many', expected an integer"),
+        ({"total_steps": 1.5}, "total_steps: got '1.5', expected an integer"),
         ({"total_steps": -5}, "total_steps: got -5, expected a positive integer"),
+        ({"seed": -1}, "seed: got -1, expected an integer >= 0"),
+        ({"agent.actor.lr": "nan"}, "agent.actor.lr: got 'nan', expected a finite number"),
+        ({"agent.critic.lr": "inf"}, "agent.critic.lr: got 'inf', expected a finite number"),
+        ({"agent.critic.lr": 0}, "agent.critic.lr: got 0.0, expected a number > 0"),
+        ({"agent.actor.weight_decay": -1e-3}, "agent.actor.weight_decay: got -0.001, expected a number >= 0"),
         ({"agent.actor.dropout": 1.5}, "agent.actor.dropout: got 1.5"),
+        ({"agent.gamma": 1.0}, "agent.gamma: got 1.0, expected a number in [0, 1)"),
         ({"env.protocol": "new"}, "env.protocol: got 'new', expected one of official, legacy"),
         ({"env.benchmark": "MT11"}, "env.benchmark: got 'MT11'"),
+        ({"env.benchmark": "MT1-reach-v9"}, "unknown Meta-World task 'reach-v9'"),
+        ({"env.benchmark": "MT10"}, "buffer.batch_size: got 256, expected a multiple of the number of tasks (10)"),
+        ({"env.benchmark": "MT10", "buffer.batch_size": 1280, "buffer.capacity": 5}, "buffer.capacity: got 5"),
         ({"combiner": "nope"}, "combiner: got 'nope', expected one of"),
-        ({"combiner": "famo"}, "combiner: famo needs losses bounded below"),
+        ({"combiner": "pcgard"}, "did you mean pcgrad?"),
+        ({"combiner": "famo"}, "combine_actor: got true with combiner famo"),
         ({"combiner": "fixed", "combiner.weights": [1, -1]}, "combiner.weights"),
+        ({"combiner": "fixed", "combiner.weights": [0.5, 0.5]}, "combiner.weights: got 2 weights, expected 4"),
+        ({"combiner.c": 0.5}, "combiner.c: not an option of combiner 'mean'"),
         ({"agent.actor.layer_norm": "maybe"}, "expected true or false"),
         ({"env": 3}, "env: is a section"),
-        ({"agent": 3}, "agent.kind: got 3, expected one of mtsac, single_task"),
+        ({"agent": 3}, "agent.kind: got '3', expected one of mtsac, single_task"),
         ({"eval_mode": "later"}, "eval_mode: got 'later', expected one of auto, sync, async"),
         ({"eval_mode": "async", "agent": "single_task"}, "eval_mode: got 'async' with agent.kind single_task"),
         ({"env.vector_strategy": "threads"}, "env.vector_strategy: got 'threads', expected one of auto, sync, async"),
+        ({"run_name": "a/b"}, "run_name: got 'a/b', expected a plain name"),
+        ({"run_dir": f"{__file__}/runs"}, "cannot be created: '"),
+        ({"run_dir": "/proc/runs"}, "run_dir: '/proc/runs' cannot be written: '/proc' is not writable"),
+        ({"run_dir": __file__}, "is a file, expected a directory"),
     ],
 )
 def test_bad_values_give_one_line_errors_naming_the_field(items, message):
+    from mtrl.train import check_config
+
     with pytest.raises(ConfigError) as info:
-        from_flat(items)
+        check_config(from_flat(items))
     assert message in str(info.value)
     assert "\n" not in str(info.value)
 
@@ -63,9 +83,9 @@ def test_bad_values_give_one_line_errors_naming_the_field(items, message):
 def test_presets_leave_eval_mode_and_vector_strategy_to_the_machine():
     for preset in PRESETS:
         items = load_yaml(preset)
+        assert "eval_mode" not in items and "env.vector_strategy" not in items, preset.name
         cfg = from_flat(items)
-        assert cfg.eval_mode == items.get("eval_mode", "auto"), preset.name
-        assert cfg.env.vector_strategy == items.get("env.vector_strategy", "auto"), preset.name
+        assert (cfg.eval_mode, cfg.env.vector_strategy) == ("auto", "auto"), preset.name
 
 
 def test_combiner_is_a_tagged_union():
@@ -74,18 +94,34 @@ def test_combiner_is_a_tagged_union():
     assert to_flat(cfg)["combiner"] == "mean"
 
 
-def test_help_has_a_docstring_for_every_field():
-    rows = help_rows()
-    assert {r[0] for r in rows} >= {"seed", "env.benchmark", "agent.actor.weight_decay", "buffer.reward_norm"}
-    missing = [key for key, _, doc in rows if not doc.strip()]
-    assert not missing, f"fields without a docstring: {missing}"
+def test_every_field_has_a_docstring_and_help_shows_it(capsys):
+    import dataclasses
+
+    from mtrl.cli import main
+    from mtrl.config import AgentConfig, BufferConfig, EnvConfig, NetConfig
+
+    for cls in (TrainConfig, EnvConfig, NetConfig, AgentConfig, BufferConfig, *COMBINERS.values()):
+        docs = field_docs(cls)
+        missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
+        assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
+    assert main(["train", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for key in ("--seed", "--env.benchmark", "--agent.actor.weight_decay", "--buffer.reward_norm", "combiner:cagrad"):
+        assert key in out, key
+    assert "Decoupled weight decay (AdamW); 0 = plain Adam." in out  # from the field's docstring
+    assert main(["train", "--combiner", "cagrad", "--help"]) == 0
+    sub = " ".join(capsys.readouterr().out.split())
+    assert "--combiner.c FLOAT" in sub and "Radius of the ball around the mean gradient" in sub
+    assert {"combiner.c", "combiner.weights", "agent.actor.lr"} <= set(option_keys(TrainConfig))
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.name for p in PRESETS])
-def test_every_preset_builds_its_combiner_for_its_benchmark(preset):
+def test_every_preset_passes_the_full_check(preset):
+    from mtrl.train import check_config
+
     cfg = from_flat(load_yaml(preset))
-    combiner = cfg.combiner.build(cfg.env.num_tasks)
-    assert combiner.num_tasks == cfg.env.num_tasks
+    k = check_config(cfg)
+    assert cfg.combiner.build(k).num_tasks == k == {"MT10": 10, "MT50": 50}.get(cfg.env.benchmark, 1)
 
 
 def test_presets_inherit_through_base(tmp_path):
@@ -121,7 +157,7 @@ def test_reference_presets_carry_the_reference_settings():
 
 
 @pytest.mark.parametrize(
-    "benchmark,k",
+    "bench,k",
     [
         ("toy", 4),
         ("MT10", 10),
@@ -131,12 +167,14 @@ def test_reference_presets_carry_the_reference_settings():
         ("push-v3", 1),
     ],
 )
-def test_benchmark_task_counts(benchmark, k):
-    assert from_flat({"env.benchmark": benchmark}).env.num_tasks == k
+def test_benchmark_task_counts(bench, k):
+    from mtrl.train import check_config
+
+    assert check_config(from_flat({"env.benchmark": bench, "buffer.batch_size": 600})) == k  # 600: a multiple of K
 
 
 @pytest.mark.parametrize(
-    "benchmark,message",
+    "bench,message",
     [
         ("reach-v3,reach-v3", "task 'reach-v3' is listed twice"),
         ("reach-v3,,push-v3", "env.benchmark: got 'reach-v3,,push-v3'"),
@@ -144,6 +182,8 @@ def test_benchmark_task_counts(benchmark, k):
         ("reach,push", "env.benchmark: got 'reach,push'"),
     ],
 )
-def test_bad_benchmarks(benchmark, message):
+def test_bad_benchmarks(bench, message):
+    from mtrl.train import check_config
+
     with pytest.raises(ConfigError, match=message):
-        from_flat({"env.benchmark": benchmark})
+        check_config(from_flat({"env.benchmark": bench}))

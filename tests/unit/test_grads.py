@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from mtrl.agents.mtsac import MTSAC
 from mtrl.buffers import ReplayBatch
 from mtrl.config import from_flat
 from mtrl.mto.base import Combiner, NonFiniteError
 from mtrl.mto.grads import combine_backward, per_task_grads, task_mean
 from mtrl.mto.mean import Mean
+from mtrl.train import make_agent
 
 K, M, OBS, ACT = 4, 8, 6, 3
 
@@ -26,7 +26,7 @@ def _setup(conditioning: str, dropout: float = 0.0):
             "buffer.batch_size": K * M,
         }
     )
-    agent = MTSAC(OBS, ACT, K, cfg, torch.device("cpu"))
+    agent = make_agent(cfg, OBS, ACT, K, torch.device("cpu"))
     n = K * M
     task = torch.arange(K).repeat_interleave(M)
     obs, act = torch.randn(n, OBS, dtype=torch.float32), torch.rand(n, ACT) * 2 - 1

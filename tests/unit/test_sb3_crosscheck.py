@@ -11,6 +11,7 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from mtrl.agents.mtsac import MTSAC
 from mtrl.buffers import ReplayBatch
 from mtrl.config import from_flat
+from mtrl.train import make_agent
 
 OBS, ACT, HIDDEN, B = 5, 3, 32, 64
 
@@ -53,7 +54,7 @@ def test_single_task_update_matches_stable_baselines3(monkeypatch, updates):
             "buffer.batch_size": B,
         }
     )
-    ours = MTSAC(OBS, ACT, 1, cfg, torch.device("cpu"))
+    ours = make_agent(cfg, OBS, ACT, 1, torch.device("cpu"))
     _copy_weights(sb3, ours)
 
     g = torch.Generator().manual_seed(1)

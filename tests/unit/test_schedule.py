@@ -6,6 +6,7 @@ import torch
 from mtrl.agents.mtsac import MTSAC
 from mtrl.buffers import ReplayBatch
 from mtrl.config import ConfigError, from_flat
+from mtrl.train import make_agent
 
 K, M, OBS, ACT = 4, 8, 5, 2
 
@@ -13,7 +14,7 @@ K, M, OBS, ACT = 4, 8, 5, 2
 def _agent(**extra) -> MTSAC:
     torch.manual_seed(0)
     flat = {"env.toy_tasks": K, "agent.actor.hidden_dim": 16, "agent.critic.hidden_dim": 16, "buffer.batch_size": K * M}
-    return MTSAC(OBS, ACT, K, from_flat({**flat, **extra}), torch.device("cpu"))
+    return make_agent(from_flat({**flat, **extra}), OBS, ACT, K, torch.device("cpu"))
 
 
 def _batch() -> ReplayBatch:
@@ -67,5 +68,9 @@ def test_regroup_draws_new_groups_and_fixed_groups_stay():
 
 
 def test_optimizer_per_group_needs_fixed_groups():
+    from mtrl.train import check_config
+
     with pytest.raises(ConfigError, match="needs fixed groups"):
-        from_flat({"agent.schedule": "alternating", "agent.optimizer_per_group": True, "agent.regroup": True})
+        check_config(
+            from_flat({"agent.schedule": "alternating", "agent.optimizer_per_group": True, "agent.regroup": True})
+        )

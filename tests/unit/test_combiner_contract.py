@@ -1,6 +1,10 @@
-"""Combiners: contract, properties on random and degenerate Jacobians, exact-solver checks, state, pinned values.
+"""What every combiner of the registry satisfies: the config contract (``name``, ``kind``, ``check``, ``build``,
+``str()``), the input checks of ``Combiner.__call__``, non-finite inputs, degenerate Jacobians, stats, scale and
+symmetry properties, state and seeding, column blocks, and pinned values.
 
-Math tests run in float64. The independent torchjd oracle lives in ``test_combiner_oracle.py``.
+Each combiner's own math is tested in ``test_combiner_<name>.py``; the independent torchjd oracle lives in
+``test_combiner_oracle.py``, the invariants on hard Jacobians in ``test_combiner_invariants.py``. Math tests run in
+float64.
 """
 
 from __future__ import annotations
@@ -9,78 +13,20 @@ import dataclasses
 import io
 import math
 import typing
-import warnings
 
 import numpy as np
 import pytest
 import torch
+from combiner_helpers import F64, GRAD_NAMES, LOSS_NAMES, NAMES, build, degenerate, normal, run
+from docs_helper import field_docs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from mtrl.config import field_docs
-from mtrl.mto import COMBINERS, Combiner, NonFiniteError, Weighting
-from mtrl.mto.base import GramianCombiner, VectorAdam, gramian
-from mtrl.mto.cagrad import cagrad_dual_weights, cagrad_sgd20_weights
-from mtrl.mto.cagrad_fast import random_groups
-from mtrl.mto.mgda import min_norm_weights
-from mtrl.mto.nashmtl import NashMTL
-from mtrl.mto.pcgrad import pcgrad_weights, random_orders
-
-F64 = torch.float64
-NAMES = list(COMBINERS)
-GRAD_NAMES = [n for n in NAMES if COMBINERS[n]().build(2).requires_grads]
-LOSS_NAMES = [n for n in NAMES if n not in GRAD_NAMES]
-
-
-# ----------------------------------------------------------------------------------------------------- helpers
-
-
-def build(name: str, tasks: int, seed: int = 0, **options: typing.Any) -> Combiner:
-    return COMBINERS[name](**options).build(tasks, seed)
-
-
-def run(comb: Combiner, jac: Tensor, losses: Tensor | None = None) -> Tensor:
-    """The combiner's direction for the Jacobian ``jac`` (loss-space: ``weights @ jac``)."""
-    if losses is None:
-        losses = torch.linspace(1.0, 2.0, jac.shape[0], dtype=jac.dtype)
-    out = comb(jac if comb.requires_grads else None, losses)
-    if isinstance(out, Weighting):
-        return out.weights.to(jac) @ jac
-    return out
-
-
-def normal(k: int, n: int, rank: int | None = None, seed: int = 0, shift: float = 0.3) -> Tensor:
-    """``U S V^T``-style random Jacobian with a chosen rank, plus a common component (some agreement)."""
-    g = torch.Generator().manual_seed(seed)
-    rank = min(k, n) if rank is None else rank
-    j = torch.randn(k, rank, generator=g, dtype=F64) @ torch.randn(rank, n, generator=g, dtype=F64)
-    return j + shift * torch.randn(1, n, generator=g, dtype=F64) * (rank == min(k, n))
-
-
-def degenerate(k: int, n: int = 12) -> dict[str, Tensor]:
-    g = torch.Generator().manual_seed(7)
-    base = torch.randn(k, n, generator=g, dtype=F64)
-    cases = {"random": base}
-    zero = base.clone()
-    zero[0] = 0
-    cases["zero_row"] = zero
-    dup = base.clone()
-    dup[-1] = dup[0]
-    cases["duplicate"] = dup
-    if k >= 2:
-        pm = base.clone()
-        pm[1] = -pm[0]
-        cases["g_minus_g"] = pm
-    v = torch.randn(n, generator=g, dtype=F64)
-    cases["rank1"] = torch.randn(k, 1, generator=g, dtype=F64) * v
-    cases["all_zero"] = torch.zeros(k, n, dtype=F64)
-    return cases
-
-
-def cos(a: Tensor, b: Tensor) -> float:
-    return float(a @ b / (a.norm() * b.norm()))
-
+from mtrl.mto import COMBINERS, Combiner, CombinerConfigBase, NonFiniteError, Weighting
+from mtrl.mto.adam import VectorAdam
+from mtrl.mto.base import PARTS
+from mtrl.mto.gramian import GramianCombiner
 
 # ----------------------------------------------------------------------------------------------------- contract
 
@@ -99,9 +45,8 @@ def test_config_contract(name: str) -> None:
         tp = hints[f.name]
         origin = typing.get_origin(tp)
         assert tp in ALLOWED_TYPES or origin in (typing.Literal, tuple), f"{name}.{f.name}: type {tp}"
-    if hasattr(cfg, "validate"):
-        cfg.validate()
     for k in (1, 3):
+        cfg.check(k, frozenset({"critic"}))
         comb = cfg.build(k, seed=3)
         assert isinstance(comb, Combiner)
         assert comb.num_tasks == k
@@ -148,24 +93,15 @@ def test_str_names() -> None:
         ("fixed", {"weights": (1.0, -1.0)}, "combiner.weights: got -1.0"),
     ],
 )
-def test_validate_messages(name: str, options: dict, message: str) -> None:
+def test_check_messages(name: str, options: dict, message: str) -> None:
     cfg = COMBINERS[name](**options)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        cfg.validate()
+        cfg.check(3, frozenset())
     with pytest.raises(ValueError):
         cfg.build(3)
 
 
-def test_fixed_length_checked_at_build() -> None:
-    with pytest.raises(ValueError, match=r"combiner.weights: got 2 weights, expected 3 \(one per task\)"):
-        COMBINERS["fixed"](weights=(0.5, 0.5)).build(3)
-    comb = COMBINERS["fixed"](weights=(1.0, 2.0, 3.0)).build(3)
-    out = comb(None, torch.ones(3))
-    assert isinstance(out, Weighting)
-    assert out.weights.tolist() == [1.0, 2.0, 3.0]
-
-
-@pytest.mark.parametrize("name", [n for n in NAMES if n != "mean"])
+@pytest.mark.parametrize("name", NAMES)
 def test_wrong_shapes_rejected(name: str) -> None:
     comb = build(name, 3)
     with pytest.raises(ValueError):
@@ -173,6 +109,159 @@ def test_wrong_shapes_rejected(name: str) -> None:
     if comb.requires_grads:
         with pytest.raises(ValueError, match="needs the per-task gradients"):
             comb(None, torch.rand(3))
+
+
+#: the registry, in command-line order
+REGISTRY = [
+    "mean",
+    "sum",
+    "fixed",
+    "rlw",
+    "uw",
+    "dwa",
+    "famo",
+    "gradnorm",
+    "pcgrad",
+    "cagrad",
+    "cagrad_fast",
+    "mgda",
+    "imtlg",
+    "graddrop",
+    "nashmtl",
+    "alignedmtl",
+]
+
+
+def test_registry_names_and_kinds() -> None:
+    """One registry: ``name -> config class``, keyed by the class's own ``name``; ``kind`` agrees with the combiner;
+    ``name`` and ``kind`` are class variables, not dataclass fields (so not command-line options)."""
+    assert list(COMBINERS) == REGISTRY
+    for name, cls in COMBINERS.items():
+        assert issubclass(cls, CombinerConfigBase) and cls.name == name
+        assert cls.kind == ("gradient" if cls().build(2).requires_grads else "loss")
+        assert not {"name", "kind"} & {f.name for f in dataclasses.fields(cls)}
+
+
+def option_types(name: str) -> dict[str, typing.Any]:
+    """``{option: its type}`` of a combiner config (its dataclass fields)."""
+    hints = typing.get_type_hints(COMBINERS[name])
+    return {f.name: hints[f.name] for f in dataclasses.fields(COMBINERS[name])}
+
+
+OPTIONS = [(name, option) for name in NAMES for option in option_types(name)]
+FLOAT_OPTIONS = [(name, option) for name, option in OPTIONS if option_types(name)[option] is float]
+LITERAL_OPTIONS = [(n, o) for n, o in OPTIONS if typing.get_origin(option_types(n)[o]) is typing.Literal]
+
+
+def bad_value(tp: typing.Any) -> typing.Any:
+    """A value that no option of type ``tp`` accepts."""
+    if tp is float:
+        return math.nan
+    if tp is int:
+        return 0
+    if typing.get_origin(tp) is tuple:
+        return (-1.0,)
+    return "nope"
+
+
+@pytest.mark.parametrize(("name", "option"), OPTIONS)
+def test_check_rejects_a_bad_value_of_every_option(name: str, option: str) -> None:
+    """Every option is checked: ``check`` and ``build`` reject a bad value with a one-line message naming it."""
+    cfg = COMBINERS[name](**{option: bad_value(option_types(name)[option])})
+    with pytest.raises(ValueError, match=rf"^combiner\.{option}: got [^\n]*, expected [^\n]+$"):
+        cfg.check(3, frozenset())
+    with pytest.raises(ValueError, match=rf"^combiner\.{option}: "):
+        cfg.build(3)
+
+
+@pytest.mark.parametrize(("name", "option"), FLOAT_OPTIONS)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_check_rejects_non_finite_options(name: str, option: str, value: float) -> None:
+    with pytest.raises(ValueError, match=rf"^combiner\.{option}: got {value}, expected "):
+        COMBINERS[name](**{option: value}).check(3, frozenset({"critic"}))
+
+
+@pytest.mark.parametrize(("name", "option"), LITERAL_OPTIONS)
+def test_check_rejects_an_unknown_choice(name: str, option: str) -> None:
+    allowed = ", ".join(typing.get_args(option_types(name)[option]))
+    with pytest.raises(ValueError, match=rf"^combiner\.{option}: got 'nope', expected one of {allowed}$"):
+        COMBINERS[name](**{option: "nope"}).check(3, frozenset())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_check_num_tasks_and_parts(name: str) -> None:
+    """The defaults fit any K; every combiner but FAMO (critic only, ``test_combiner_famo.py``) fits every part."""
+    cfg = COMBINERS[name]()
+    for k in (1, 2, 3, 10, 50):
+        cfg.check(k, frozenset({"critic"}))
+    with pytest.raises(ValueError, match=r"^num_tasks: got 0, expected an integer >= 1$"):
+        cfg.check(0, frozenset())
+    with pytest.raises(ValueError, match=r"^parts: got 'policy', expected some of critic, actor, alpha$"):
+        cfg.check(3, frozenset({"critic", "policy"}))
+    if name == "famo":
+        with pytest.raises(ValueError, match=r"^combine_actor: got true with combiner famo"):
+            cfg.check(3, frozenset(PARTS))
+    else:
+        cfg.check(3, frozenset(PARTS))
+
+
+#: bad calls of a combiner built for K=3: (id, gradient-space only, grads ("ok": a valid [3, 5] matrix for
+#: gradient-space combiners, None for loss-space ones), losses, the message after "combiner '<str>' ")
+BAD_CALLS: list[tuple[str, bool, typing.Any, typing.Any, str]] = [
+    ("losses[K+1]", False, "ok", lambda: torch.ones(4), r"expects losses of shape \[3\], got \(4,\)"),
+    ("losses[K,1]", False, "ok", lambda: torch.ones(3, 1), r"expects losses of shape \[3\], got \(3, 1\)"),
+    ("losses[]", False, "ok", lambda: torch.ones(()), r"expects losses of shape \[3\], got \(\)"),
+    ("grads=None", True, lambda: None, lambda: torch.ones(3), r"needs the per-task gradients \[K, P\], got None"),
+    ("grads[K+1,P]", True, lambda: torch.ones(4, 5), lambda: torch.ones(3), r"expects grads of shape \[3, P\]"),
+    ("grads[P]", True, lambda: torch.ones(5), lambda: torch.ones(3), r"expects grads of shape \[3, P\], got \(5,\)"),
+    ("grads[K,P,1]", True, lambda: torch.ones(3, 5, 1), lambda: torch.ones(3), r"expects grads of shape \[3, P\]"),
+    (
+        "blocks[K,P],[K-1,P]",
+        True,
+        lambda: [torch.ones(3, 5), torch.ones(2, 4)],
+        lambda: torch.ones(3),
+        r"expects grads of shape \[3, P\], got \(2, 4\)",
+    ),
+    ("blocks=[]", True, lambda: [], lambda: torch.ones(3), r"expects grads as \[3, P_i\] blocks, got an empty list"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "grads", "losses", "message"),
+    [
+        pytest.param(name, grads, losses, message, id=f"{name}-{case}")
+        for name in NAMES
+        for case, gradient_only, grads, losses, message in BAD_CALLS
+        if name in GRAD_NAMES or not gradient_only
+    ],
+)
+def test_call_checks_the_inputs_before_forward(name: str, grads: typing.Any, losses: typing.Any, message: str) -> None:
+    """``Combiner.__call__`` rejects bad shapes and missing gradients for every combiner, before ``forward``."""
+    comb = build(name, 3)
+
+    def forward(grads: typing.Any, losses: Tensor) -> typing.Any:
+        raise AssertionError("forward called with bad inputs")
+
+    comb.forward = forward  # type: ignore[method-assign]
+    grads_in = (torch.ones(3, 5) if comb.requires_grads else None) if grads == "ok" else grads()
+    with pytest.raises(ValueError, match=rf"^combiner '{comb}' {message}"):
+        comb(grads_in, losses())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_call_hands_the_inputs_to_forward_once(name: str) -> None:
+    comb = build(name, 3)
+    seen = []
+
+    def forward(grads: typing.Any, losses: Tensor) -> str:
+        seen.append((grads, losses))
+        return "result"
+
+    comb.forward = forward  # type: ignore[method-assign]
+    blocks = [torch.ones(3, 5), torch.ones(3, 2)] if comb.requires_grads else None
+    losses = torch.ones(3)
+    assert comb(blocks, losses) == "result"
+    assert len(seen) == 1 and seen[0][0] is blocks and seen[0][1] is losses
 
 
 @pytest.mark.parametrize(("name", "where"), [(n, "loss") for n in NAMES] + [(n, "grad") for n in GRAD_NAMES])
@@ -192,24 +281,6 @@ def test_check_finite_fast_path_not_fooled_by_overflowing_sum() -> None:
     comb = build("pcgrad", 2)
     jac = torch.full((2, 4), 3e38, dtype=torch.float32)  # finite entries, infinite row sums
     comb.check_finite(jac, torch.ones(2))  # no error
-
-
-# ----------------------------------------------------------------------------------------------------- mean / sum
-
-
-def test_mean_and_sum_are_gradients_of_mean_and_sum_loss() -> None:
-    g = torch.Generator().manual_seed(0)
-    k, n = 5, 7
-    a = torch.randn(k, 3, n, generator=g, dtype=F64)
-    b = torch.randn(k, 3, generator=g, dtype=F64)
-    x = torch.randn(n, dtype=F64, requires_grad=True)
-    losses = ((a @ x - b) ** 2).mean(1)  # [K]
-    jac = torch.stack([torch.autograd.grad(losses[i], x, retain_graph=True)[0] for i in range(k)])
-    (grad_mean,) = torch.autograd.grad(losses.mean(), x, retain_graph=True)
-    (grad_sum,) = torch.autograd.grad(losses.sum(), x)
-    torch.testing.assert_close(run(build("mean", k), jac, losses.detach()), grad_mean)
-    torch.testing.assert_close(run(build("sum", k), jac, losses.detach()), grad_sum)
-    torch.testing.assert_close(run(build("fixed", k), jac, losses.detach()), grad_mean)
 
 
 # ----------------------------------------------------------------------------------------------------- all combiners
@@ -324,432 +395,7 @@ def test_gradient_space_hypothesis(name: str, k: int, rank: int, seed: int, log_
         torch.testing.assert_close(weights @ jac, d, rtol=1e-7, atol=1e-12 * 10.0**log_scale)
 
 
-# ----------------------------------------------------------------------------------------------------- PCGrad
-
-
-def pcgrad_reference(jac: Tensor, orders: Tensor) -> Tensor:
-    """Sequential PCGrad on vectors (paper Alg. 1 with given orders), mean reduction."""
-    out = []
-    for i in range(jac.shape[0]):
-        gi = jac[i].clone()
-        for j in orders[i].tolist():
-            dot = gi @ jac[j]
-            if dot < 0:
-                gi = gi - dot / (jac[j] @ jac[j]) * jac[j]
-        out.append(gi)
-    return torch.stack(out).mean(0)
-
-
-def test_pcgrad_matches_sequential_reference() -> None:
-    for seed in range(5):
-        jac = normal(6, 20, seed=seed, shift=0.0)
-        orders = random_orders(6, torch.Generator().manual_seed(seed))
-        coef = pcgrad_weights(jac @ jac.T, orders)
-        torch.testing.assert_close(coef.mean(0) @ jac, pcgrad_reference(jac, orders), rtol=1e-10, atol=1e-12)
-
-
-def test_pcgrad_random_orders_are_permutations_of_the_others() -> None:
-    orders = random_orders(7, torch.Generator().manual_seed(0))
-    for i, row in enumerate(orders.tolist()):
-        assert sorted(row) == [j for j in range(7) if j != i]
-
-
-def test_pcgrad_equals_mean_without_conflicts() -> None:
-    jac = torch.rand(5, 8, dtype=F64)  # non-negative rows: no pair conflicts
-    torch.testing.assert_close(run(build("pcgrad", 5), jac), jac.mean(0), rtol=0, atol=1e-15)
-
-
-def test_pcgrad_two_tasks_closed_form() -> None:
-    g1 = torch.tensor([-4.0, 1.0, 1.0], dtype=F64)
-    g2 = torch.tensor([6.0, 1.0, 1.0], dtype=F64)
-    p1 = g1 - (g1 @ g2) / (g2 @ g2) * g2
-    p2 = g2 - (g1 @ g2) / (g1 @ g1) * g1
-    torch.testing.assert_close(run(build("pcgrad", 2), torch.stack([g1, g2])), (p1 + p2) / 2, rtol=1e-12, atol=0)
-
-
-def test_pcgrad_seeded_reproducible() -> None:
-    jac = normal(6, 10, seed=4, shift=0.0)
-    a = [run(build("pcgrad", 6, seed=1), jac) for _ in range(2)]
-    b = build("pcgrad", 6, seed=2)
-    outs_b = [run(b, jac) for _ in range(5)]
-    torch.testing.assert_close(a[0], a[1])
-    assert any(not torch.allclose(o, a[0]) for o in outs_b)
-
-
-# ----------------------------------------------------------------------------------------------------- CAGrad
-
-
-def slsqp_cagrad_dual(gram: np.ndarray, c: float) -> float:
-    minimize = pytest.importorskip("scipy.optimize", reason="scipy (test extra) is not installed").minimize
-
-    k = gram.shape[0]
-    b = gram.mean(1)
-    phi = c * math.sqrt(max(gram.mean(), 0.0))
-    best = math.inf
-    for x0 in [np.ones(k) / k, *np.eye(k)[:2]]:
-        res = minimize(
-            lambda w: w @ b + phi * math.sqrt(max(w @ gram @ w, 0.0)),
-            x0,
-            bounds=[(0, 1)] * k,
-            constraints={"type": "eq", "fun": lambda w: w.sum() - 1},
-            method="SLSQP",
-            options={"ftol": 1e-15, "maxiter": 300},
-        )
-        best = min(best, float(res.fun))
-    return best
-
-
-def test_cagrad_c0_is_mean() -> None:
-    for case, jac in degenerate(5).items():
-        torch.testing.assert_close(run(build("cagrad", 5, c=0.0), jac), jac.mean(0), rtol=1e-12, atol=1e-15, msg=case)
-
-
-@pytest.mark.parametrize("k", [2, 3, 5])
-@pytest.mark.parametrize("c", [0.2, 1.0, 3.0])
-def test_cagrad_exact_is_primal_optimal(k: int, c: float) -> None:
-    """Strong duality: d' = (1+c^2) d is in the ball and reaches the (SLSQP) dual value; holds on degenerate J."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for case, jac in {**degenerate(k, 8), "normal": normal(k, 8, seed=k)}.items():
-            gram = jac @ jac.T
-            scale = float(gram.diagonal().max())
-            if scale == 0:
-                continue
-            d = run(build("cagrad", k, c=c), jac) * (1 + c * c)
-            g0 = jac.mean(0)
-            assert float((d - g0).norm()) <= c * float(g0.norm()) * (1 + 1e-9) + 1e-12, case
-            primal = float((jac @ d).min())
-            assert (slsqp_cagrad_dual(gram.numpy(), c) - primal) / scale < 1e-7, case
-
-
-@pytest.mark.parametrize("c", [1.0, 2.0])
-def test_cagrad_large_c_is_non_conflicting(c: float) -> None:
-    for seed in range(4):
-        jac = normal(6, 10, seed=seed, shift=0.0)
-        d = run(build("cagrad", 6, c=c), jac)
-        assert float((jac @ d).min()) >= -1e-10 * float((jac @ jac.T).diagonal().max())
-
-
-def mtrl_cagrad_transcription(grads: Tensor, cagrad_c: float) -> Tensor:
-    """Cranial-XIX/CAGrad mtrl/mtrl_files/cagrad.py::cagrad, line by line (float64, autograd + torch.optim.SGD)."""
-    num_tasks = grads.shape[0]
-    gg_mat = grads.mm(grads.t()).cpu()
-    scale = (torch.diag(gg_mat) + 1e-4).sqrt().mean()
-    gg_mat = gg_mat / scale.pow(2)
-    gg_vec = gg_mat.mean(1, keepdims=True)
-    gg = gg_vec.mean(0, keepdims=True)
-    w = torch.zeros(num_tasks, 1, requires_grad=True, dtype=F64)
-    w_opt = torch.optim.SGD([w], lr=50 if num_tasks == 50 else 25, momentum=0.5)
-    c = (gg + 1e-4).sqrt() * cagrad_c
-    w_best, obj_best = None, np.inf
-    for i in range(21):
-        w_opt.zero_grad()
-        ww = torch.softmax(w, 0)
-        obj = ww.t().mm(gg_vec) + c * (ww.t().mm(gg_mat).mm(ww) + 1e-4).sqrt()
-        if obj.item() < obj_best:
-            obj_best = obj.item()
-            w_best = w.clone()
-        if i < 20:
-            obj.backward()
-            w_opt.step()
-    ww = torch.softmax(w_best, 0)
-    gw_norm = (ww.t().mm(gg_mat).mm(ww) + 1e-4).sqrt()
-    lmbda = c.view(-1) / (gw_norm + 1e-4)
-    return ((1 / num_tasks + ww * lmbda).view(-1, 1) * grads).sum(0) / (1 + cagrad_c**2)
-
-
-@pytest.mark.parametrize("k", [3, 10, 50])
-def test_cagrad_sgd20_is_the_mtrl_solver(k: int) -> None:
-    for seed in range(2):
-        jac = normal(k, 60, seed=seed)
-        expected = mtrl_cagrad_transcription(jac, 0.5).detach()
-        torch.testing.assert_close(run(build("cagrad", k, c=0.5, solver="sgd20"), jac), expected, rtol=1e-9, atol=0)
-
-
-def test_cagrad_sgd20_close_to_exact_at_k10() -> None:
-    jac = normal(10, 200, seed=5)
-    exact = run(build("cagrad", 10, c=0.5), jac)
-    sgd = run(build("cagrad", 10, c=0.5, solver="sgd20"), jac)
-    assert cos(exact, sgd) > 0.99
-
-
-def test_cagrad_fast_groups() -> None:
-    gen = torch.Generator().manual_seed(0)
-    avg = random_groups(10, 4, "even", gen)
-    assert sorted((avg > 0).sum(1).tolist()) == [2, 2, 3, 3]
-    torch.testing.assert_close(avg.sum(1), torch.ones(4, dtype=F64))
-    assert ((avg > 0).sum(0) == 1).all()  # a partition
-    single = random_groups(10, 4, "singletons", gen)
-    assert sorted((single > 0).sum(1).tolist()) == [1, 1, 1, 7]
-    assert random_groups(3, 8, "even", gen).shape == (3, 3)
-
-
-def test_cagrad_fast_c0_is_mean_and_k_ge_K_is_cagrad() -> None:
-    jac = normal(7, 15, seed=6)
-    torch.testing.assert_close(run(build("cagrad_fast", 7, c=0.0, k=3), jac), jac.mean(0), rtol=1e-12, atol=0)
-    torch.testing.assert_close(run(build("cagrad_fast", 7, c=0.4, k=7), jac), run(build("cagrad", 7, c=0.4), jac))
-
-
-def test_cagrad_fast_is_cagrad_on_group_means() -> None:
-    jac = normal(8, 15, seed=8)
-    comb = build("cagrad_fast", 8, c=0.6, k=3, seed=5)
-    avg = random_groups(8, 3, "even", torch.Generator().manual_seed(5))
-    d = run(comb, jac)
-    group = avg @ jac
-    base = (avg > 0).sum(1).to(F64) / 8
-    alpha = cagrad_dual_weights(group @ group.T, 0.6, base) / 1.36
-    torch.testing.assert_close(d, alpha @ group)
-
-
-# ----------------------------------------------------------------------------------------------------- MGDA
-
-
-def assert_min_norm_kkt(jac: Tensor, weights: Tensor, tol: float = 1e-10) -> None:
-    d = weights @ jac
-    scale = float((jac @ jac.T).diagonal().max())
-    assert float(weights.min()) >= 0 and abs(float(weights.sum()) - 1) < 1e-12
-    proj = jac @ d
-    assert float(proj.min() - d @ d) >= -tol * scale  # g_i . d >= ||d||^2
-    support = weights > 1e-9
-    assert float((proj[support] - d @ d).abs().max()) <= 1e-8 * scale  # equality on the support
-
-
-@pytest.mark.parametrize("k", [2, 3, 10, 50])
-def test_mgda_kkt_on_random_and_degenerate(k: int) -> None:
-    cases = {**degenerate(k), "normal": normal(k, 80, seed=k), "lowrank": normal(k, 80, rank=2, seed=k)}
-    for case, jac in cases.items():
-        comb = build("mgda", k)
-        d = run(comb, jac)
-        weights = torch.tensor([comb.stats[f"weight/{i}"] for i in range(k)], dtype=F64)
-        torch.testing.assert_close(weights @ jac, d, msg=case)
-        if float(jac.abs().max()) > 0:
-            assert_min_norm_kkt(jac, weights)
-
-
-def test_mgda_matches_slsqp_min_norm() -> None:
-    minimize = pytest.importorskip("scipy.optimize", reason="scipy (test extra) is not installed").minimize
-
-    for k, seed in [(3, 0), (5, 1), (8, 2)]:
-        jac = normal(k, 20, seed=seed, shift=0.0)
-        gram = (jac @ jac.T).numpy()
-        res = minimize(
-            lambda w, gram=gram: w @ gram @ w,
-            np.ones(k) / k,
-            jac=lambda w, gram=gram: 2 * gram @ w,
-            bounds=[(0, 1)] * k,
-            constraints={"type": "eq", "fun": lambda w: w.sum() - 1},
-            method="SLSQP",
-            options={"ftol": 1e-16, "maxiter": 1000},
-        )
-        ours = float(run(build("mgda", k), jac).norm() ** 2)
-        assert ours <= res.fun * (1 + 1e-9) + 1e-15
-        assert ours == pytest.approx(res.fun, rel=1e-6)
-
-
-def test_mgda_zero_on_strongly_stationary() -> None:
-    g = torch.tensor([[1.0, 2.0, -1.0], [-1.0, -2.0, 1.0], [0.5, 0.0, 3.0]], dtype=F64)
-    assert float(run(build("mgda", 3), g).norm()) < 1e-14
-
-
-def test_mgda_l2_normalization() -> None:
-    jac = normal(4, 10, seed=9, shift=0.0) * torch.tensor([[1.0], [10.0], [0.1], [3.0]], dtype=F64)
-    unit = jac / jac.norm(dim=1, keepdim=True)
-    weights = min_norm_weights(unit @ unit.T)
-    torch.testing.assert_close(run(build("mgda", 4, normalization="l2"), jac), weights @ jac)
-
-
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.integers(2, 12), st.integers(1, 12), st.integers(0, 10_000), st.floats(-8, 8))
-def test_mgda_kkt_hypothesis(k: int, rank: int, seed: int, log_scale: float) -> None:
-    jac = normal(k, 15, rank=min(rank, k), seed=seed) * 10.0**log_scale
-    weights = min_norm_weights(gramian(jac))
-    assert_min_norm_kkt(jac, weights)
-
-
-# ----------------------------------------------------------------------------------------------------- IMTL-G
-
-
-def test_imtlg_equal_projections_and_closed_form() -> None:
-    for k, seed in [(2, 0), (3, 1), (6, 2)]:
-        jac = normal(k, 12, seed=seed)
-        comb = build("imtlg", k)
-        d = run(comb, jac)
-        unit = jac / jac.norm(dim=1, keepdim=True)
-        proj = unit @ d
-        torch.testing.assert_close(proj, proj[0].expand(k), rtol=1e-10, atol=0)
-        weights = torch.tensor([comb.stats[f"weight/{i}"] for i in range(k)], dtype=F64)
-        assert float(weights.sum()) == pytest.approx(1.0)
-        # paper closed form: alpha_{2:K} = g_1 U^T (D U^T)^{-1}, alpha_1 = 1 - sum
-        dmat = jac[0] - jac[1:]
-        umat = unit[0] - unit[1:]
-        rest = jac[0] @ umat.T @ torch.linalg.inv(dmat @ umat.T)
-        torch.testing.assert_close(weights, torch.cat([(1 - rest.sum()).reshape(1), rest]), rtol=1e-8, atol=1e-12)
-
-
-# ----------------------------------------------------------------------------------------------------- Aligned-MTL
-
-
-def test_alignedmtl_aligned_rows_orthogonal_equal_norm() -> None:
-    from mtrl.mto.alignedmtl import aligned_weights
-
-    for k, n in [(3, 10), (6, 20)]:
-        jac = normal(k, n, seed=k)
-        gram = jac @ jac.T
-        lam, vec = torch.linalg.eigh(gram)
-        balance = lam.min().sqrt() * (vec * lam.rsqrt()) @ vec.T
-        aligned = balance @ jac
-        torch.testing.assert_close(aligned @ aligned.T, lam.min() * torch.eye(k, dtype=F64), rtol=1e-9, atol=1e-9)
-        torch.testing.assert_close(
-            aligned_weights(gram, "min", torch.finfo(F64).eps), balance @ torch.full((k,), 1 / k, dtype=F64)
-        )
-        torch.testing.assert_close(run(build("alignedmtl", k), jac), aligned.mean(0))
-
-
-def test_alignedmtl_orthonormal_rows_give_mean() -> None:
-    jac = torch.eye(4, 6, dtype=F64) * 2.5
-    torch.testing.assert_close(run(build("alignedmtl", 4), jac), jac.mean(0))
-
-
-# ----------------------------------------------------------------------------------------------------- Nash-MTL
-
-
-@pytest.mark.parametrize("k", [2, 3, 10, 50])
-def test_nashmtl_fixed_point(k: int) -> None:
-    jac = normal(k, 3 * k, seed=k)
-    comb = build("nashmtl", k, max_norm=0.0)
-    d = run(comb, jac)
-    alpha = torch.tensor([comb.stats[f"weight/{i}"] for i in range(k)], dtype=F64)
-    gram = jac @ jac.T
-    assert float((gram @ alpha - 1 / alpha).norm() / (1 / alpha).norm()) < 1e-8
-    assert float(d.norm()) == pytest.approx(math.sqrt(k), rel=1e-8)
-
-
-def test_nashmtl_matches_log_barrier_reference() -> None:
-    minimize = pytest.importorskip("scipy.optimize", reason="scipy (test extra) is not installed").minimize
-
-    jac = normal(5, 12, seed=11)
-    gram = (jac @ jac.T).numpy()
-    res = minimize(
-        lambda a: 0.5 * a @ gram @ a - np.log(a).sum(),
-        np.ones(5) * 0.1,
-        jac=lambda a: gram @ a - 1 / a,
-        bounds=[(1e-9, None)] * 5,
-        method="L-BFGS-B",
-        options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000},
-    )
-    alpha = NashMTL(5).solve(torch.from_numpy(gram))
-    np.testing.assert_allclose(alpha.numpy(), res.x, rtol=1e-5)
-
-
-def test_nashmtl_per_task_scale_invariant() -> None:
-    jac = normal(6, 15, seed=12)
-    s = torch.tensor([[1e-6], [3.0], [1e4], [0.5], [1.0], [70.0]], dtype=F64)
-    torch.testing.assert_close(run(build("nashmtl", 6), s * jac), run(build("nashmtl", 6), jac), rtol=1e-9, atol=0)
-
-
-def test_nashmtl_max_norm_and_update_every() -> None:
-    j1, j2 = normal(4, 9, seed=13), normal(4, 9, seed=14)
-    clipped = build("nashmtl", 4, max_norm=1.0)
-    assert float(run(clipped, j1).norm()) == pytest.approx(1.0)
-    comb = build("nashmtl", 4, update_every=3, max_norm=0.0)
-    run(comb, j1)
-    first = comb.alpha.clone()
-    run(comb, j2)
-    torch.testing.assert_close(comb.alpha, first)  # reused
-    run(comb, j2)
-    run(comb, j2)  # 4th call: recomputed for j2
-    torch.testing.assert_close(comb.alpha, NashMTL(4, max_norm=0.0).solve(j2 @ j2.T))
-
-
-def test_nashmtl_non_conflicting() -> None:
-    for seed in range(4):
-        jac = normal(5, 8, seed=seed, shift=0.0)
-        assert float((jac @ run(build("nashmtl", 5), jac)).min()) > 0
-
-
-# ----------------------------------------------------------------------------------------------------- GradDrop
-
-
-def test_graddrop_same_sign_columns_and_leak_one_give_mean() -> None:
-    jac = torch.rand(4, 9, dtype=F64) * torch.tensor([1, -1, 1, 1, -1, 1, 1, 1, -1], dtype=F64)
-    torch.testing.assert_close(run(build("graddrop", 4), jac), jac.mean(0))
-    mixed = torch.randn(4, 9, dtype=F64)
-    torch.testing.assert_close(run(build("graddrop", 4, leak=1.0), mixed), mixed.mean(0))
-
-
-def test_graddrop_matches_masked_formula_and_is_seeded() -> None:
-    jac = torch.randn(5, 50, dtype=F64)
-    d = run(build("graddrop", 5, seed=3), jac)
-    u = torch.rand(50, generator=torch.Generator().manual_seed(3), dtype=F64)
-    purity = 0.5 * (1 + jac.sum(0) / jac.abs().sum(0))
-    mask = ((purity > u) & (jac > 0)) | ((purity < u) & (jac < 0))
-    torch.testing.assert_close(d, (mask * jac).sum(0) / 5)
-    torch.testing.assert_close(run(build("graddrop", 5, seed=3), jac), d)
-    assert not torch.allclose(run(build("graddrop", 5, seed=4), jac), d)
-
-
-# ----------------------------------------------------------------------------------------------------- loss space
-
-
-def test_rlw_weights() -> None:
-    comb = build("rlw", 6, seed=1)
-    draws = torch.stack([comb(None, torch.ones(6)).weights for _ in range(400)])
-    torch.testing.assert_close(draws.sum(1), torch.ones(400))
-    assert float(draws.min()) > 0
-    assert draws.mean(0).tolist() == pytest.approx([1 / 6] * 6, abs=0.02)
-    again = build("rlw", 6, seed=1)
-    torch.testing.assert_close(again(None, torch.ones(6)).weights, draws[0])
-
-
-def test_uw_weights_and_update() -> None:
-    comb = build("uw", 2, lr=0.1)
-    out = comb(None, torch.tensor([4.0, 0.25], dtype=F64))
-    assert out.weights.tolist() == [0.5, 0.5]
-    # d/ds = 0.5 (1 - e^{-s} L): negative for L > 1 (s grows, weight shrinks), positive for L < 1
-    assert float(comb.log_var[0]) == pytest.approx(0.1) and float(comb.log_var[1]) == pytest.approx(-0.1)
-    out = comb(None, torch.tensor([4.0, 0.25], dtype=F64))
-    assert out.weights[0] < 0.5 < out.weights[1]
-
-
-def test_dwa_windows() -> None:
-    comb = build("dwa", 3, window=2, temperature=2.0)
-    seq = torch.tensor([[1.0, 1, 1], [2, 2, 2], [1, 2, 4], [1, 2, 4], [5, 5, 5]], dtype=F64)
-    weights = [comb(None, row).weights for row in seq]
-    for w in weights[:3]:
-        torch.testing.assert_close(w, torch.full((3,), 1 / 3, dtype=F64))
-    rate = seq[2:4].mean(0) / seq[0:2].mean(0)
-    torch.testing.assert_close(weights[3], torch.softmax(rate / 2, 0))
-    rate = seq[3:5].mean(0) / seq[1:3].mean(0)
-    torch.testing.assert_close(weights[4], torch.softmax(rate / 2, 0))
-
-
-def test_famo_weights_and_update_direction() -> None:
-    comb = build("famo", 3)
-    losses = torch.tensor([1.0, 2.0, 4.0], dtype=F64)
-    w = comb(None, losses).weights
-    torch.testing.assert_close(w, (1 / losses) / (1 / losses).sum())  # z uniform: inverse-loss weighting
-    comb.after_step(torch.tensor([0.5, 2.0, 4.0], dtype=F64))  # task 0 improved, the others did not
-    z = torch.softmax(comb.logits, 0)
-    assert z[0] < 1 / 3 < z[1]
-    with pytest.raises(ValueError, match="famo.*task 1 has loss"):
-        comb(None, torch.tensor([1.0, -0.5, 2.0], dtype=F64))
-    shifted = build("famo", 3, min_loss=-1.0)
-    assert torch.isfinite(shifted(None, torch.tensor([1.0, -0.5, 2.0], dtype=F64)).weights).all()
-    with pytest.raises(RuntimeError, match="before forward"):
-        build("famo", 3).after_step(losses)
-
-
-def test_gradnorm_initial_loss_and_renormalization() -> None:
-    comb = build("gradnorm", 3, lr=0.1, alpha=1.5)
-    jac = torch.diag(torch.tensor([1.0, 1.0, 1.0], dtype=F64))
-    d = run(comb, jac, torch.tensor([1.0, 1.0, 1.0], dtype=F64))
-    torch.testing.assert_close(d, jac.mean(0))  # w = 1 at the first call: mean
-    torch.testing.assert_close(comb.initial_losses, torch.ones(3, dtype=F64))
-    for _ in range(5):  # task 2 trains slowest (its ratio L/L0 stays 1)
-        run(comb, jac, torch.tensor([0.5, 0.5, 1.0], dtype=F64))
-        assert float(comb.task_weights.sum()) == pytest.approx(3.0)
-    torch.testing.assert_close(comb.initial_losses, torch.ones(3, dtype=F64))  # kept, not overwritten
-    assert comb.task_weights[2] > 1.0 > comb.task_weights[0]
+# ----------------------------------------------------------------------------------------------------- helpers
 
 
 def test_vector_adam_matches_torch_adam() -> None:
@@ -822,12 +468,6 @@ def test_seeded_reproducibility(name: str) -> None:
 def test_gramian_combiners_share_the_base() -> None:
     for name in ["pcgrad", "cagrad", "cagrad_fast", "mgda", "imtlg", "nashmtl", "alignedmtl"]:
         assert isinstance(build(name, 2), GramianCombiner)
-
-
-def test_cagrad_sgd20_weights_direct() -> None:
-    gram = torch.eye(3, dtype=F64)
-    alpha = cagrad_sgd20_weights(gram, 0.0)
-    torch.testing.assert_close(alpha, torch.full((3,), 1 / 3, dtype=F64))
 
 
 # ----------------------------------------------------------------------------------------------------- pinned values
@@ -1069,7 +709,6 @@ def test_blocks_refused_by_a_combiner_that_needs_the_matrix() -> None:
         requires_grads = True
 
         def forward(self, grads, losses):
-            self.check_num_tasks(grads, losses)
             return grads.mean(0)
 
     with pytest.raises(ValueError, match="needs grads as one"):
