@@ -138,6 +138,11 @@ class AgentConfig:
     """alternating: draw a new random partition into groups at every update (default: once, at the start)."""
     optimizer_per_group: bool = False
     """alternating: one Adam per group (Pascal et al.'s IO; needs fixed groups) instead of one shared Adam (IUS)."""
+    precision: Literal["fp32", "bf16", "tf32"] = "fp32"
+    """Network arithmetic. fp32: float32 throughout. bf16: every network forward and backward under bfloat16 autocast
+    (CPU and CUDA; fast on CPUs with AVX512-BF16 or AMX and on GPUs, slow on AVX2-only CPUs); parameters, optimizer
+    states, targets, log-probabilities, losses, temperatures and combiner solves stay float32. tf32: float32 with
+    TensorFloat-32 matmuls (CUDA only)."""
     compile: bool = False
     """torch.compile the actor, critic and target critic forward passes (inductor, default mode; no CUDA graphs).
     For GPU throughput; on a CPU it was measured slower than eager. Only with loss-space combiners: the per-task

@@ -125,8 +125,9 @@ def _worker(
     try:
         env = make_env(env_cfg, run_seed, evaluation=True)
         actor = Actor(
-            env.obs_dim, env.act_dim, env.num_tasks, agent_cfg.conditioning, agent_cfg.actor, agent_cfg.log_std
-        ).eval()
+            env.obs_dim, env.act_dim, env.num_tasks, agent_cfg.conditioning, agent_cfg.actor, agent_cfg.log_std,
+            agent_cfg.precision,
+        ).eval()  # fmt: skip
         tasks = torch.arange(env.num_tasks)
 
         @torch.no_grad()

@@ -9,6 +9,11 @@ Every network takes ``(x [N, d], task [N])`` so it works on flat batches and, ro
   matmul for the whole batch); each row keeps its own task's slice. A head's parameters only receive gradient
   from its own task's rows: :meth:`TaskConditionedMLP.task_specific_params` names them for the combiners.
 
+Precision (``AgentConfig.precision``): with ``bf16`` every network runs its forward (and so its backward) under
+``torch.autocast`` with bfloat16 on its device; the output is cast back to float32 at once, so parameters, gradients,
+log-probabilities, losses and everything downstream stay float32. ``fp32`` and ``tf32`` run plain float32 (tf32 is a
+matmul setting of CUDA, see :func:`mtrl.utils.set_matmul_precision`).
+
 Initialisation (``NetConfig.init``): ``torch`` keeps ``nn.Linear``'s default; ``he_uniform`` is metaworld-algorithms'
 (hidden weights ``U(+-sqrt(6 / fan_in))``, zero biases, the output layer's weights and biases ``U(+-head_scale)``:
 1e-3 for the actor, 3e-3 for the critic); ``xavier`` is facebookresearch/mtrl's (Xavier-uniform weights, zero
@@ -59,17 +64,31 @@ def init_linear(layers: list[nn.Linear], head: nn.Linear, scheme: str, head_scal
             nn.init.uniform_(layer.bias, -head_scale, head_scale)
 
 
+def compute_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a precision setting: bfloat16 for ``bf16``, None (plain float32) otherwise."""
+    return torch.bfloat16 if precision == "bf16" else None
+
+
 class TaskConditionedMLP(nn.Module):
     """An MLP ``[N, in] -> [N, out]`` conditioned on the task ids ``[N]``.
 
     :param head_scale: bound of the output layer's uniform initialisation with ``cfg.init == "he_uniform"``.
+    :param precision: ``bf16``: forward under bfloat16 autocast, output float32 (see the module docstring).
     """
 
     def __init__(
-        self, in_dim: int, out_dim: int, num_tasks: int, conditioning: str, cfg: NetConfig, head_scale: float = 3e-3
+        self,
+        in_dim: int,
+        out_dim: int,
+        num_tasks: int,
+        conditioning: str,
+        cfg: NetConfig,
+        head_scale: float = 3e-3,
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
         self.num_tasks, self.out_dim, self.conditioning = num_tasks, out_dim, conditioning
+        self.autocast_dtype = compute_dtype(precision)
         extra = num_tasks if conditioning == "one_hot" else 0
         self.trunk = mlp(in_dim + extra, cfg.hidden_dim, cfg.num_layers, layer_norm=cfg.layer_norm, dropout=cfg.dropout)
         heads = num_tasks if conditioning == "multi_head" else 1
@@ -81,7 +100,12 @@ class TaskConditionedMLP(nn.Module):
     def forward(self, x: Tensor, task: Tensor) -> Tensor:
         if self.conditioning == "one_hot":
             x = torch.cat([x, self.eye[task]], dim=-1)  # [N, in + K]
-        out = self.head(self.trunk(x))  # [N, heads * out]
+        if self.autocast_dtype is None:
+            out = self.head(self.trunk(x))  # [N, heads * out]
+        else:
+            with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+                out = self.head(self.trunk(x))
+            out = out.float()
         if self.conditioning == "multi_head":
             out = out.view(*out.shape[:-1], self.num_tasks, self.out_dim)  # [N, K, out]
             out = torch.take_along_dim(out, task[..., None, None], dim=-2).squeeze(-2)  # [N, out]
@@ -110,12 +134,21 @@ class Actor(nn.Module):
     """
 
     def __init__(
-        self, obs_dim: int, act_dim: int, num_tasks: int, conditioning: str, cfg: NetConfig, log_std: str = "clamp"
+        self,
+        obs_dim: int,
+        act_dim: int,
+        num_tasks: int,
+        conditioning: str,
+        cfg: NetConfig,
+        log_std: str = "clamp",
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
         self.act_dim = act_dim
         self.squash_log_std = log_std == "tanh"
-        self.net = TaskConditionedMLP(obs_dim, 2 * act_dim, num_tasks, conditioning, cfg, head_scale=1e-3)
+        self.net = TaskConditionedMLP(
+            obs_dim, 2 * act_dim, num_tasks, conditioning, cfg, head_scale=1e-3, precision=precision
+        )
 
     def dist_params(self, obs: Tensor, task: Tensor) -> tuple[Tensor, Tensor]:
         mu, log_std = self.net(obs, task).chunk(2, dim=-1)  # [N, A] each
@@ -140,10 +173,12 @@ class Actor(nn.Module):
 class TwinQ(nn.Module):
     """Two independent Q networks ``Q(s, a)``; returns ``(q1, q2)``, each ``[N]``."""
 
-    def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, conditioning: str, cfg: NetConfig) -> None:
+    def __init__(
+        self, obs_dim: int, act_dim: int, num_tasks: int, conditioning: str, cfg: NetConfig, precision: str = "fp32"
+    ) -> None:
         super().__init__()
-        self.q1 = TaskConditionedMLP(obs_dim + act_dim, 1, num_tasks, conditioning, cfg)
-        self.q2 = TaskConditionedMLP(obs_dim + act_dim, 1, num_tasks, conditioning, cfg)
+        self.q1 = TaskConditionedMLP(obs_dim + act_dim, 1, num_tasks, conditioning, cfg, precision=precision)
+        self.q2 = TaskConditionedMLP(obs_dim + act_dim, 1, num_tasks, conditioning, cfg, precision=precision)
 
     def forward(self, obs: Tensor, act: Tensor, task: Tensor) -> tuple[Tensor, Tensor]:
         x = torch.cat([obs, act], dim=-1)

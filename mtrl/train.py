@@ -38,7 +38,7 @@ from mtrl.rundir import (
     stop_on_signals,
     update_meta,
 )
-from mtrl.utils import keep_freed_memory, pick_device
+from mtrl.utils import keep_freed_memory, pick_device, set_matmul_precision
 from mtrl.video import frames_for_tensorboard
 
 # ------------------------------------------------------------------------------------------------ config checks
@@ -115,7 +115,10 @@ def check_config(cfg: TrainConfig) -> int:
             f"agent.compile: got true with combiner {name}; torch.compile only works with loss-space combiners "
             "(gradient-space ones take per-task gradients under torch.func.vmap, which it does not trace)"
         )
-    pick_device(cfg.device)
+    if pick_device(cfg.device).type != "cuda" and cfg.agent.precision == "tf32":
+        raise ConfigError(
+            f"agent.precision: got 'tf32' on device {cfg.device!r}; tf32 needs CUDA, expected fp32 or bf16"
+        )
     check_output_dir(cfg.run_dir, "run_dir")
     if cfg.run_name and (Path(cfg.run_name).name != cfg.run_name or cfg.run_name in (".", "..")):
         raise _bad("run_name", cfg.run_name, "a plain name without '/' (the folder is run_dir)")
@@ -217,6 +220,7 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
     ensure_gl_backend()  # before anything imports mujoco: egl with a GPU, osmesa without
     keep_freed_memory()
     device = pick_device(cfg.device)
+    set_matmul_precision(cfg.agent.precision)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

@@ -50,3 +50,10 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: got 'cuda', but torch sees no CUDA device here; expected cpu or auto")
     return torch.device(name)
+
+
+def set_matmul_precision(precision: str) -> None:
+    """Let CUDA float32 matmuls and convolutions use TensorFloat-32 for ``tf32`` (and not otherwise). Process-wide."""
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32

@@ -132,8 +132,8 @@ class MTSAC:
         self.q_value_max = a.q_value_max
         self.alpha_on_alpha = a.alpha_loss == "alpha"
         self.stratified = stratified
-        self.actor = Actor(obs_dim, act_dim, num_tasks, a.conditioning, a.actor, a.log_std).to(device)
-        self.critic = TwinQ(obs_dim, act_dim, num_tasks, a.conditioning, a.critic).to(device)
+        self.actor = Actor(obs_dim, act_dim, num_tasks, a.conditioning, a.actor, a.log_std, a.precision).to(device)
+        self.critic = TwinQ(obs_dim, act_dim, num_tasks, a.conditioning, a.critic, a.precision).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.alpha = _LogAlpha(num_tasks if a.temperature == "per_task" else 1, a.init_temperature).to(device)
 
