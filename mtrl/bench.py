@@ -9,6 +9,9 @@ Three parts, each printed as a table and written together as JSON:
   training at one update per step when the environment costs nothing.
 - **sb3**: K=1, our sample + update against stable-baselines3's ``SAC.train(gradient_steps=1)`` (which samples from
   its own buffer), same 3x400 networks, batch and device, interleaved.
+
+Every part runs in each ``--precisions`` (``agent.precision``: fp32, bf16, tf32 on CUDA) side by side, and the
+machine's matmul kernels (AVX2, AVX-512, AVX512-BF16, AMX; CUDA capability) are printed with the results.
 - **train** (``--train``): the real loop (:func:`mtrl.train.train`: collect, add, sample, update, log) on Meta-World
   for a few hundred steps after warm-up, median of its logged ``charts/sps``.
 """
@@ -42,9 +45,10 @@ from mtrl.utils import keep_freed_memory
 
 DESCRIPTION = """Throughput of MT-SAC, measured side by side in one process; tables on stdout, all of it as JSON.
 
-update  one MT-SAC update on a fixed batch per combiner, at MT10 size (K=10, batch 1280) and MT50 size (K=50,
-        batch 1250), 3x400 networks, one-hot task id; combiners interleaved round by round, median over rounds,
-        ratio to mean (unitary scalarization) and the targets (<= 1.5x at K=10, <= 3x at K=50).
+update  one MT-SAC update on a fixed batch per combiner and precision, at MT10 size (K=10, batch 1280) and MT50
+        size (K=50, batch 1250), 3x400 networks, one-hot task id; interleaved round by round, median over rounds,
+        ratio to mean (unitary scalarization) and the targets (<= 1.5x at K=10, <= 3x at K=50), speed-up over
+        fp32 (target for bf16 on CPUs with AVX512-BF16: >= 1.7x).
 sb3     K=1: our replay sample + update against stable-baselines3's SAC.train(gradient_steps=1), same networks,
         batch and device (target >= 1.5x).
 train   (--train) the real training loop on Meta-World with the configs/<benchmark>_unitary.yaml preset (MT50: batch
@@ -53,12 +57,14 @@ train   (--train) the real training loop on Meta-World with the configs/<benchma
 examples:
   mtrl bench                                        # every gradient-space combiner, both sizes, SB3 at 256 and 1280
   mtrl bench --sizes MT10 --combiners pcgrad cagrad --rounds 5
-  mtrl bench --train --train-combiners mean pcgrad  # also real training steps/s on MT10"""
+  mtrl bench --train --train-combiners mean pcgrad  # also real training steps/s on MT10
+  mtrl bench --precisions fp32 --sb3-batch          # float32 only, no SB3 comparison"""
 
 SIZES = {"MT10": (10, 1280), "MT50": (50, 1250)}  # K, batch
 OBS, ACT = 39, 4
 TARGETS = {"MT10": 1.5, "MT50": 3.0}  # max update cost of a gradient-space combiner relative to mean
 SB3_TARGET = 1.5  # min K=1 speed-up over stable-baselines3
+BF16_TARGET = 1.7  # min bf16 over fp32 speed-up of the MT10 mean update on CPUs with AVX512-BF16
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -129,37 +135,47 @@ def _interleaved(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int, de
 def update_only(
     sizes: list[str],
     names: list[str],
+    precisions: list[str],
     rounds: int,
     warmup: int,
     device: torch.device,
     hidden: int,
     bar: tqdm,
     compiled: bool = False,
-) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per size and combiner: ms per update, updates/s, ratio to ``mean``, kind.
+) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """Per size, precision and combiner: ms per update, updates/s, ratio to ``mean`` in the same precision, speed-up
+    over fp32 (same combiner), kind. All agents of a size are timed interleaved, round by round.
 
     :param compiled: also time ``mean`` with ``agent.compile`` (row ``mean+compile``).
     """
-    out: dict[str, dict[str, dict[str, Any]]] = {}
+    out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
     for size in sizes:
         k, batch = SIZES[size]
         data, noise = make_batch(k, batch, device)
-        agents = {name: make_agent(name, k, batch, device, hidden) for name in names}
-        if compiled:
-            agents["mean+compile"] = make_agent("mean", k, batch, device, hidden, **{"agent.compile": True})
-        fns: dict[str, Callable[[], Any]] = {
-            name: partial(agent.update, data, noise=noise) for name, agent in agents.items()
-        }
+        fns: dict[str, Callable[[], Any]] = {}
+        for precision in precisions:
+            rows: dict[str, dict[str, Any]] = {name: {} for name in names}
+            if compiled:
+                rows["mean+compile"] = {"agent.compile": True}
+            for row, extra in rows.items():
+                agent = make_agent(row.removesuffix("+compile"), k, batch, device, hidden, **extra,
+                                   **{"agent.precision": precision})  # fmt: skip
+                fns[f"{precision}/{row}"] = partial(agent.update, data, noise=noise)
         med = _interleaved(fns, rounds, warmup, device, bar)
-        out[size] = {
-            name: {
-                "ms": 1000 * s,
-                "updates_per_s": 1 / s,
-                "ratio": s / med["mean"],
-                "kind": COMBINERS[name.removesuffix("+compile")].kind,
+        out[size] = {}
+        for precision in precisions:
+            base = med[f"{precision}/mean"]
+            out[size][precision] = {
+                row: {
+                    "ms": 1000 * med[key],
+                    "updates_per_s": 1 / med[key],
+                    "ratio": med[key] / base,
+                    "speedup_over_fp32": med[f"fp32/{row}"] / med[key] if f"fp32/{row}" in med else None,
+                    "kind": COMBINERS[row.removesuffix("+compile")].kind,
+                }
+                for key in med
+                if key.startswith(f"{precision}/") and (row := key.split("/", 1)[1])
             }
-            for name, s in med.items()
-        }
     return out
 
 
@@ -168,8 +184,11 @@ class _Spaces(gym.Env):
     action_space = gym.spaces.Box(-1.0, 1.0, (ACT,), np.float32)
 
 
-def versus_sb3(batch: int, rounds: int, warmup: int, device: torch.device, hidden: int, bar: tqdm) -> dict[str, Any]:
-    """K=1: our replay sample + update against SB3's ``SAC.train(gradient_steps=1)``, same networks, batch, device."""
+def versus_sb3(
+    batch: int, precisions: list[str], rounds: int, warmup: int, device: torch.device, hidden: int, bar: tqdm
+) -> dict[str, Any]:
+    """K=1: our replay sample + update (in each precision) against SB3's ``SAC.train(gradient_steps=1)`` (float32),
+    same networks, batch and device, interleaved."""
     from stable_baselines3 import SAC
     from stable_baselines3.common.logger import Logger
 
@@ -177,7 +196,6 @@ def versus_sb3(batch: int, rounds: int, warmup: int, device: torch.device, hidde
     sb3 = SAC("MlpPolicy", _Spaces(), policy_kwargs={"net_arch": arch}, batch_size=batch, device=device, seed=0)
     sb3.set_logger(Logger(folder=None, output_formats=[]))
     assert sb3.replay_buffer is not None
-    ours = make_agent("mean", 1, batch, device, hidden, **{"agent.conditioning": "none"})
     buffer = MultiTaskReplay(1, OBS, ACT, 4 * batch, batch, device=device, seed=0)
     rng = np.random.default_rng(0)
     for _ in range(4 * batch):
@@ -185,21 +203,31 @@ def versus_sb3(batch: int, rounds: int, warmup: int, device: torch.device, hidde
         act, rew = rng.uniform(-1, 1, (1, ACT)).astype(np.float32), rng.normal(size=1)
         sb3.replay_buffer.add(obs, next_obs, act, rew, np.zeros(1), [{}])
         buffer.add(obs, act, rew, next_obs, np.zeros(1, dtype=bool))
-    fns: dict[str, Callable[[], Any]] = {
-        "ours": lambda: ours.update(buffer.sample()),
-        "sb3": lambda: sb3.train(gradient_steps=1, batch_size=batch),
-    }
+    fns: dict[str, Callable[[], Any]] = {"sb3": lambda: sb3.train(gradient_steps=1, batch_size=batch)}
+    for precision in precisions:
+        ours = make_agent(
+            "mean", 1, batch, device, hidden, **{"agent.conditioning": "none", "agent.precision": precision}
+        )
+        fns[precision] = partial(lambda agent: agent.update(buffer.sample()), ours)
     med = _interleaved(fns, rounds, warmup, device, bar)
     return {
         "batch": batch,
-        "ours_updates_per_s": 1 / med["ours"],
         "sb3_updates_per_s": 1 / med["sb3"],
-        "ratio": med["sb3"] / med["ours"],
+        "ours": {p: {"updates_per_s": 1 / med[p], "ratio": med["sb3"] / med[p]} for p in precisions},
     }
 
 
-def training(benchmarks: Sequence[str], names: list[str], steps: int, device: str, threads: int) -> dict[str, Any]:
-    """Vector steps/s of the real training loop per benchmark and combiner (median of ``charts/sps``)."""
+def training(
+    benchmarks: Sequence[str],
+    names: list[str],
+    precisions: list[str],
+    vectors: Sequence[str],
+    steps: int,
+    device: str,
+    threads: int,
+) -> dict[str, Any]:
+    """Vector steps/s of the real training loop (median of ``charts/sps`` after warm-up) per benchmark, env vector
+    strategy, precision and combiner: ``{bench: {"sync/fp32/mean": steps_per_s, ...}}``."""
     from mtrl.compare import read_scalars
     from mtrl.train import train
 
@@ -207,20 +235,47 @@ def training(benchmarks: Sequence[str], names: list[str], steps: int, device: st
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for bench in benchmarks:
-            for name in names:
-                k = SIZES[bench][0]
-                items = {
-                    **load_yaml(CONFIGS / f"{bench.lower()}_unitary.yaml"),
-                    **_combiner_flat(name, k),
-                    "total_steps": warmup + steps, "warmup_steps": warmup, "eval_interval": 0, "eval_episodes": 1,
-                    "log_interval": 50, "checkpoint_interval": warmup + steps, "run_dir": tmp,
-                    "run_name": f"{bench}_{name}", "device": device, "threads": threads,
-                }  # fmt: skip
-                run = train(from_flat(items), progress=True)
-                df = read_scalars(run)
-                sps = df[(df.tag == "charts/sps") & (df.step > warmup + 50)].value
-                out.setdefault(bench, {})[name] = float(np.median(sps))
+            for vector in vectors:
+                for precision in precisions:
+                    for name in names:
+                        k = SIZES[bench][0]
+                        key = f"{vector}/{precision}/{name}"
+                        items = {
+                            **load_yaml(CONFIGS / f"{bench.lower()}_unitary.yaml"),
+                            **_combiner_flat(name, k),
+                            "total_steps": warmup + steps, "warmup_steps": warmup, "eval_interval": 0,
+                            "eval_episodes": 1, "log_interval": 50, "checkpoint_interval": warmup + steps,
+                            "run_dir": tmp, "run_name": f"{bench}_{key.replace('/', '_')}", "device": device,
+                            "threads": threads, "env.vector_strategy": vector, "agent.precision": precision,
+                        }  # fmt: skip
+                        run = train(from_flat(items), progress=True)
+                        df = read_scalars(run)
+                        sps = df[(df.tag == "charts/sps") & (df.step > warmup + 50)].value
+                        out.setdefault(bench, {})[key] = float(np.median(sps))
     return out
+
+
+def machine_kernels(device: torch.device) -> dict[str, Any]:
+    """What the matmul kernels can use here: the CPU's vector extensions (AVX2, AVX-512, AVX512-BF16, AMX) as the
+    kernel sees them, torch's dispatch level, and on CUDA the GPU's compute capability and bf16 support."""
+    flags: set[str] = set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    info: dict[str, Any] = {
+        "avx2": "avx2" in flags,
+        "avx512": "avx512f" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx": "amx_bf16" in flags or "amx_tile" in flags,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+    if device.type == "cuda":
+        info["cuda_capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+        info["cuda_bf16"] = torch.cuda.is_bf16_supported()
+    return info
 
 
 def _device_name(device: torch.device) -> str:
@@ -236,28 +291,41 @@ def _device_name(device: torch.device) -> str:
 
 def print_tables(result: dict[str, Any]) -> None:
     print(f"\ndevice: {result['device']} ({result['device_name']}), torch {result['torch']}")
-    for size, rows in result.get("update", {}).items():
+    kernels = result.get("kernels", {})
+    if kernels:
+        cells = ", ".join(f"{k} {'yes' if v is True else 'no' if v is False else v}" for k, v in kernels.items())
+        print(f"matmul kernels: {cells}")
+    for size, by_precision in result.get("update", {}).items():
         k, batch = SIZES[size]
         print(f"\nupdate only, {size} size (K={k}, batch {batch}, 3x{result['hidden']}):")
-        print(f"  {'combiner':<13}{'kind':<10}{'ms':>9}{'updates/s':>11}{'x mean':>8}  target")
-        for name, row in rows.items():
-            target = ""
-            if row["kind"] == "gradient":
-                ok = row["ratio"] <= TARGETS[size]
-                target = f"<= {TARGETS[size]}x: {'met' if ok else 'NOT met'}"
-            print(
-                f"  {name:<13}{row['kind']:<10}{row['ms']:>9.1f}{row['updates_per_s']:>11.2f}{row['ratio']:>8.2f}  "
-                + target
-            )
+        head = f"  {'precision':<10}{'combiner':<13}{'kind':<10}{'ms':>9}{'updates/s':>11}{'x mean':>8}{'vs fp32':>9}"
+        print(head + "  target")
+        for precision, rows in by_precision.items():
+            for name, row in rows.items():
+                target = ""
+                if row["kind"] == "gradient":
+                    ok = row["ratio"] <= TARGETS[size]
+                    target = f"<= {TARGETS[size]}x mean: {'met' if ok else 'NOT met'}"
+                elif precision == "bf16" and name == "mean" and size == "MT10":
+                    target = f">= {BF16_TARGET}x fp32 on CPUs with AVX512-BF16"
+                speedup = f"{row['speedup_over_fp32']:.2f}x" if row["speedup_over_fp32"] is not None else "-"
+                print(
+                    f"  {precision:<10}{name:<13}{row['kind']:<10}{row['ms']:>9.1f}{row['updates_per_s']:>11.2f}"
+                    f"{row['ratio']:>8.2f}{speedup:>9}  " + target
+                )
     for row in result.get("sb3", []):
-        ok = "met" if row["ratio"] >= SB3_TARGET else "NOT met"
-        print(
-            f"\nK=1 vs stable-baselines3 SAC, batch {row['batch']}: ours {row['ours_updates_per_s']:.2f} updates/s, "
-            f"SB3 {row['sb3_updates_per_s']:.2f} updates/s, ratio {row['ratio']:.2f}x (target >= {SB3_TARGET}x: {ok})"
-        )
+        sb3 = f"SB3 {row['sb3_updates_per_s']:.2f} updates/s"
+        print(f"\nK=1 vs stable-baselines3 SAC (float32), batch {row['batch']}: {sb3}")
+        for precision, ours in row["ours"].items():
+            ok = "met" if ours["ratio"] >= SB3_TARGET else "NOT met"
+            print(
+                f"  ours {precision}: {ours['updates_per_s']:.2f} updates/s, ratio {ours['ratio']:.2f}x "
+                f"(target >= {SB3_TARGET}x: {ok})"
+            )
     for bench, row in result.get("training", {}).items():
-        cells = ", ".join(f"{n} {s:.2f}" for n, s in row.items())
-        print(f"\ntraining {bench} (collect + update), vector steps/s: {cells}")
+        print(f"\ntraining {bench} (collect + update), vector steps/s (env vector strategy / precision / combiner):")
+        for key, sps in row.items():
+            print(f"  {key:<28}{sps:>8.2f}")
         if bench == "MT10":
             print("  targets for mean: >= 300 on one H100 with 16 cores, >= 21 on a 2-core CPU")
 
@@ -286,6 +354,10 @@ class BenchArgs:
     """Timed training steps, after 200 warm-up steps."""
     compile: bool = False
     """Also time mean with agent.compile (torch.compile)."""
+    precisions: tuple[Literal["fp32", "bf16", "tf32"], ...] = ("fp32", "bf16")
+    """Network precisions timed side by side (agent.precision); tf32 on CUDA only."""
+    train_vector: tuple[Literal["sync", "async"], ...] = ("sync",)
+    """Env vector strategies of the training measurement (async: one process per task)."""
     device: str = "auto"
     """auto (cuda if available), cpu or cuda."""
     threads: int = 0
@@ -318,6 +390,10 @@ def cli(argv: list[str]) -> int:
             raise ConfigError(f"--{key}: got {getattr(args, key)}, expected an integer >= 0")
     if any(b < 2 for b in args.sb3_batch):
         raise ConfigError(f"--sb3-batch: got {list(args.sb3_batch)}, expected batch sizes >= 2")
+    if "tf32" in args.precisions and not (args.device != "cpu" and torch.cuda.is_available()):
+        raise ConfigError("--precisions: got tf32, which needs a CUDA device; expected fp32 or bf16 here")
+    if "fp32" not in args.precisions:
+        raise ConfigError(f"--precisions: got {' '.join(args.precisions)}, expected fp32 among them (the reference)")
     json_path = Path(args.json)
     check_output_file(json_path, "--json")
     keep_freed_memory()
@@ -326,27 +402,32 @@ def cli(argv: list[str]) -> int:
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
     names = _with_mean(list(args.combiners))
-    rows = len(names) + args.compile
-    total = (args.rounds + args.warmup) * (rows * len(args.sizes) + 2 * len(args.sb3_batch))
+    precisions: list[str] = list(dict.fromkeys(args.precisions))
+    rows = (len(names) + args.compile) * len(precisions)
+    total = (args.rounds + args.warmup) * (rows * len(args.sizes) + (1 + len(precisions)) * len(args.sb3_batch))
     result: dict[str, Any] = {
         "device": str(device),
         "device_name": _device_name(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "hidden": args.hidden,
+        "kernels": machine_kernels(device),
         "command": "mtrl bench " + " ".join(argv),
     }
     with tqdm(total=total, desc="bench", unit="update", dynamic_ncols=True, file=sys.stderr) as bar:
         result["update"] = update_only(
-            list(args.sizes), names, args.rounds, args.warmup, device, args.hidden, bar, args.compile
+            list(args.sizes), names, precisions, args.rounds, args.warmup, device, args.hidden, bar, args.compile
         )
         result["sb3"] = [
-            versus_sb3(b, args.rounds, args.warmup, device, args.hidden, bar) for b in args.sb3_batch
-        ]  # fmt: skip
+            versus_sb3(b, precisions, args.rounds, args.warmup, device, args.hidden, bar) for b in args.sb3_batch
+        ]
     if args.train:
         train_names = _with_mean(list(args.train_combiners))
         benchmarks = list(args.train_benchmarks)
-        result["training"] = training(benchmarks, train_names, args.train_steps, str(device), args.threads)
+        vectors = list(dict.fromkeys(args.train_vector))
+        result["training"] = training(
+            benchmarks, train_names, precisions, vectors, args.train_steps, str(device), args.threads
+        )
     print_tables(result)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2))

@@ -12,15 +12,23 @@ def test_bench_writes_every_measurement(tmp_path, capsys):
     argv = ["bench", "--sizes", "MT10", "--combiners", "pcgrad", "famo", "--rounds", "1", "--warmup", "0"]
     assert main([*argv, "--sb3-batch", "64", "--hidden", "16", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    rows = result["update"]["MT10"]
-    assert list(rows) == ["mean", "pcgrad", "famo"]
-    assert rows["mean"]["ratio"] == 1.0 and rows["pcgrad"]["ratio"] > 0
-    assert (rows["pcgrad"]["kind"], rows["famo"]["kind"]) == ("gradient", "loss")
-    assert rows["pcgrad"]["updates_per_s"] == pytest.approx(1000 / rows["pcgrad"]["ms"])
+    by_precision = result["update"]["MT10"]
+    assert list(by_precision) == ["fp32", "bf16"]  # side by side by default
+    for precision, rows in by_precision.items():
+        assert list(rows) == ["mean", "pcgrad", "famo"]
+        assert rows["mean"]["ratio"] == 1.0 and rows["pcgrad"]["ratio"] > 0
+        assert (rows["pcgrad"]["kind"], rows["famo"]["kind"]) == ("gradient", "loss")
+        assert rows["pcgrad"]["updates_per_s"] == pytest.approx(1000 / rows["pcgrad"]["ms"])
+        fp32 = by_precision["fp32"]["pcgrad"]["ms"]
+        assert rows["pcgrad"]["speedup_over_fp32"] == pytest.approx(fp32 / rows["pcgrad"]["ms"])
     (sb3,) = result["sb3"]
-    assert sb3["batch"] == 64 and sb3["ratio"] == pytest.approx(sb3["ours_updates_per_s"] / sb3["sb3_updates_per_s"])
+    assert sb3["batch"] == 64 and set(sb3["ours"]) == {"fp32", "bf16"}
+    for ours in sb3["ours"].values():
+        assert ours["ratio"] == pytest.approx(ours["updates_per_s"] / sb3["sb3_updates_per_s"])
+    assert {"avx2", "avx512", "avx512_bf16", "amx", "torch_cpu_capability"} <= set(result["kernels"])
     printed = capsys.readouterr().out
-    assert "K=1 vs stable-baselines3 SAC, batch 64" in printed and "<= 1.5x" in printed
+    assert "K=1 vs stable-baselines3 SAC (float32), batch 64" in printed and "<= 1.5x" in printed
+    assert "matmul kernels: avx2" in printed and "vs fp32" in printed
 
 
 @pytest.mark.parametrize(
@@ -33,6 +41,7 @@ def test_bench_writes_every_measurement(tmp_path, capsys):
         (["--rounds", "nan"], "rounds: got 'nan', expected an integer"),
         (["--json", "/proc/b.json"], "--json: '/proc/b.json' cannot be written"),
         (["--json", "/"], "--json: '/' is a directory, expected a file"),
+        (["--precisions", "bf16"], "--precisions: got bf16, expected fp32 among them"),
     ],
 )
 def test_bench_bad_input_is_one_line(tmp_path, capsys, args, message):
