@@ -15,7 +15,6 @@ from mtrl import checkpoint
 from mtrl.config import from_flat
 from mtrl.train import restore, train
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def _leaves(obj):
@@ -59,13 +58,14 @@ def test_every_load_maps_to_the_cpu_whatever_the_device(run, monkeypatch):
     assert len(seen) >= 3 and all(m == "cpu" for m in seen), seen
 
 
-@CUDA
-def test_resume_and_restore_on_cuda(run, tmp_path):
+@pytest.mark.device
+def test_resume_and_restore_on_the_device(run, tmp_path, device):
+    """With --device cuda (scripts/gpu_check.sh): a CPU-written run resumes and restores on the GPU."""
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
-    cfg = from_flat({**checkpoint.load(copy)["config"], "total_steps": 200, "device": "cuda"})
+    cfg = from_flat({**checkpoint.load(copy)["config"], "total_steps": 200, "device": device.type})
     train(cfg, run=copy, progress=False)
-    _, agent, state = restore(copy, device="cuda")
-    assert state["step"] == 200 and next(agent.actor.parameters()).device.type == "cuda"
+    _, agent, state = restore(copy, device=device)
+    assert state["step"] == 200 and next(agent.actor.parameters()).device.type == device.type
