@@ -19,18 +19,32 @@ from mtrl.mto.alignedmtl import AlignedMTLConfig
 from mtrl.mto.base import Combiner, CombinerConfigBase, NonFiniteError, Weighting
 from mtrl.mto.cagrad import CAGradConfig
 from mtrl.mto.cagrad_fast import CAGradFastConfig
+from mtrl.mto.con_fig import ConFIGConfig
+from mtrl.mto.crmogm import CRMOGMConfig
+from mtrl.mto.dbmtl import DBMTLConfig
+from mtrl.mto.dualproj import DualProjConfig
 from mtrl.mto.dwa import DWAConfig
+from mtrl.mto.excessmtl import ExcessMTLConfig
+from mtrl.mto.fairgrad import FairGradConfig
 from mtrl.mto.famo import FAMOConfig
 from mtrl.mto.fixed import FixedConfig
+from mtrl.mto.gls import GLSConfig
 from mtrl.mto.graddrop import GradDropConfig
 from mtrl.mto.gradnorm import GradNormConfig
+from mtrl.mto.gradvac import GradVacConfig
 from mtrl.mto.imtlg import IMTLGConfig
+from mtrl.mto.imtll import IMTLLConfig
 from mtrl.mto.mean import MeanConfig
 from mtrl.mto.mgda import MGDAConfig
+from mtrl.mto.moco import MoCoConfig
+from mtrl.mto.modo import MoDoConfig
 from mtrl.mto.nashmtl import NashMTLConfig
 from mtrl.mto.pcgrad import PCGradConfig
 from mtrl.mto.rlw import RLWConfig
+from mtrl.mto.sdmgrad import SDMGradConfig
+from mtrl.mto.stch import STCHConfig
 from mtrl.mto.sum import SumConfig
+from mtrl.mto.upgrad import UPGradConfig
 from mtrl.mto.uw import UWConfig
 
 #: every combiner config, in command-line order (loss space first)
@@ -42,6 +56,9 @@ _CONFIGS: tuple[type[CombinerConfigBase], ...] = (
     UWConfig,
     DWAConfig,
     FAMOConfig,
+    IMTLLConfig,
+    STCHConfig,
+    GLSConfig,
     GradNormConfig,
     PCGradConfig,
     CAGradConfig,
@@ -51,6 +68,17 @@ _CONFIGS: tuple[type[CombinerConfigBase], ...] = (
     GradDropConfig,
     NashMTLConfig,
     AlignedMTLConfig,
+    UPGradConfig,
+    DualProjConfig,
+    ConFIGConfig,
+    GradVacConfig,
+    FairGradConfig,
+    SDMGradConfig,
+    MoDoConfig,
+    ExcessMTLConfig,
+    CRMOGMConfig,
+    MoCoConfig,
+    DBMTLConfig,
 )
 
 #: command-line name -> combiner config class (a frozen dataclass; see the module docstring)

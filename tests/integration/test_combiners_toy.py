@@ -43,8 +43,9 @@ def test_short_toy_run_per_combiner(tmp_path, name):
         values = df[df.tag == tag].value.to_numpy()
         assert len(values) >= 2 and np.isfinite(values).all(), tag
     tags = set(df.tag)
-    if cfg.combiner.kind == "gradient":
-        assert {"mto/critic/cos_sim_mean", "mto/critic/num_conflicts", "mto/actor/grad_norm_after"} <= tags
+    if cfg.combiner.kind == "gradient":  # the actor's stats where the combiner is applied to it (not critic-only)
+        assert {"mto/critic/cos_sim_mean", "mto/critic/num_conflicts"} <= tags
+        assert ("mto/actor/grad_norm_after" in tags) == cfg.combine_actor
     weights = {t for t in tags if t.startswith("mto/critic/weight/")}
     probe = cfg.combiner.build(4, seed=0)  # does this combiner record task weights? then all 4 reach TensorBoard
     probe(torch.randn(4, 8) if cfg.combiner.kind == "gradient" else None, torch.rand(4) + 0.1)

@@ -14,7 +14,7 @@ def test_bench_writes_every_measurement(tmp_path, capsys):
     result = json.loads(out.read_text())
     by_precision = result["update"]["MT10"]
     assert list(by_precision) == ["fp32", "bf16"]  # side by side by default
-    for precision, rows in by_precision.items():
+    for rows in by_precision.values():
         assert list(rows) == ["mean", "pcgrad", "famo"]
         assert rows["mean"]["ratio"] == 1.0 and rows["pcgrad"]["ratio"] > 0
         assert (rows["pcgrad"]["kind"], rows["famo"]["kind"]) == ("gradient", "loss")

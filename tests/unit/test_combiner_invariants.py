@@ -368,15 +368,24 @@ FINITE_KS = (1, 2, 3, 10, 50)
 JACOBIANS_CHECKED["finite_per_gradient_combiner"] = sum(len(degenerate(k, dt)) for k in FINITE_KS for dt in DTYPES)
 
 
+def _critic_only(name: str) -> bool:
+    try:
+        COMBINERS[name]().check(2, frozenset({"critic", "actor"}))
+    except ValueError:
+        return True
+    return False
+
+
 def loss_sets(name: str, k: int, dtype: torch.dtype) -> list[Tensor]:
-    """Positive, spread over 1e-8..1e8, equal and large; except for FAMO (documented: losses must exceed
-    ``min_loss``, a ``ValueError`` otherwise) also zero and negative."""
+    """Positive, spread over 1e-8..1e8, equal and large; also zero and negative, except for the critic-only
+    combiners, which take logs of the losses or need them bounded below (FAMO, IMTL-L, STCH, GLS: documented to
+    refuse losses outside their domain)."""
     out = [
         torch.linspace(0.5, 1.5, k, dtype=dtype),
         torch.logspace(-8, 8, k, dtype=dtype),
         torch.full((k,), 1e8, dtype=dtype),
     ]
-    if name != "famo":
+    if not _critic_only(name):
         out += [torch.zeros(k, dtype=dtype), -torch.linspace(0.5, 1.5, k, dtype=dtype)]
     return out
 

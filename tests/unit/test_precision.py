@@ -54,10 +54,8 @@ def test_bf16_networks_output_float32_close_to_fp32():
 def test_bf16_update_keeps_state_float32_and_tracks_fp32(extra):
     agents = {}
     for precision in ("fp32", "bf16"):
-        cfg = from_flat(
-            {"env.toy_tasks": K, "agent.actor.hidden_dim": 32, "agent.critic.hidden_dim": 32, "buffer.batch_size": K * M,
-             "agent.precision": precision, **extra}
-        )  # fmt: skip
+        sizes = {"agent.actor.hidden_dim": 32, "agent.critic.hidden_dim": 32, "buffer.batch_size": K * M}
+        cfg = from_flat({"env.toy_tasks": K, **sizes, "agent.precision": precision, **extra})
         check_config(cfg)
         torch.manual_seed(0)
         agent = make_agent(cfg, OBS, ACT, K, torch.device("cpu"))
