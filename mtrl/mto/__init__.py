@@ -10,7 +10,11 @@ NAME``) of every combiner, mapped to its config, a frozen dataclass of its optio
 * ``build(num_tasks, seed)``: the :class:`~mtrl.mto.base.Combiner`, called as ``combiner(grads, losses)``.
 
 A new combiner is one module with its :class:`~mtrl.mto.base.Combiner` and its config, and one entry in
-:data:`_CONFIGS`.
+:data:`_CONFIGS`. Shared pieces that are not the contract: :mod:`~mtrl.mto.gramian` (the Gramian, blocks,
+:class:`~mtrl.mto.gramian.GramianCombiner`), :mod:`~mtrl.mto.qp` (exact small solvers: dual-cone projections, the
+simplex projection), :mod:`~mtrl.mto.memory` (per-task ``[K, P]`` state, the double-sampled Gramian),
+:mod:`~mtrl.mto.logloss` (methods that take logs of the losses: critic only, domain check), :mod:`~mtrl.mto.adam`
+(Adam on a small learned vector).
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ task weights), :mod:`mtrl.mto.grads` (per-task gradients, and how the agent call
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import ClassVar, Literal, NamedTuple
 
@@ -344,3 +345,15 @@ def gramian_stats(gram: Tensor) -> dict[str, Tensor]:
         "num_conflicts": (gram[iu[0], iu[1]] < 0).sum().to(gram.dtype),
         "grad_norm_before": gram.sum().clamp_min(0).sqrt() / k,
     }
+
+
+def check_positive(name: str, value: float) -> None:
+    """Raise ``ValueError`` unless ``value`` is finite and ``> 0``."""
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"combiner.{name}: got {value}, expected a number > 0")
+
+
+def check_non_negative(name: str, value: float) -> None:
+    """Raise ``ValueError`` unless ``value`` is finite and ``>= 0``."""
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"combiner.{name}: got {value}, expected a number >= 0")

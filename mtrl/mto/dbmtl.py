@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 
 from mtrl.mto.base import CombinerConfigBase, Jacobian, as_blocks, fmt
-from mtrl.mto.gls import LogLossCombiner, check_critic_only
 from mtrl.mto.gramian import GRAM_BLOCK, checked_gramian, weighted_sum
-from mtrl.mto.modo import TaskMemory
+from mtrl.mto.logloss import LogLossCombiner, check_critic_only
+from mtrl.mto.memory import TaskMemory
 
 #: the official code's epsilon, in ``log(L + eps)`` and in ``alpha_k = max_j n_j / (n_k + eps)``
 _EPS = 1e-8

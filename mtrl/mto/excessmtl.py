@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import CombinerConfigBase, Jacobian, as_blocks, fmt
+from mtrl.mto.base import CombinerConfigBase, Jacobian, as_blocks, check_positive, fmt
 from mtrl.mto.gramian import GramianCombiner, checked_gramian, single_thread, weighted_sum
-from mtrl.mto.modo import TaskMemory, check_positive
+from mtrl.mto.memory import TaskMemory
 
 #: added to the squared-gradient sums under the square root (official code, torchjd, LibMTL)
 _SQ_EPS = 1e-7

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from mtrl.mto.adam import VectorAdam
-from mtrl.mto.base import PARTS, Combiner, CombinerConfigBase, Jacobian, Weighting
+from mtrl.mto.base import PARTS, Combiner, CombinerConfigBase, Jacobian, NonFiniteError, Weighting
 
 _EPS = 1e-8
 
@@ -32,7 +32,8 @@ class FAMO(Combiner):
     the critic loss only. Default ``weight_decay`` 1e-3 (paper Alg. 2, torchjd, LibMTL); official code 1e-5; the MT10
     ``run.sh`` uses ``gamma=0.01, w_lr=0.025``.
 
-    Requires every ``L_i > b`` (``min_loss``): raises ``ValueError`` otherwise. The SAC actor and temperature losses
+    Requires every ``L_i > b`` (``min_loss``): raises :class:`~mtrl.mto.base.NonFiniteError` otherwise (its log is not
+    finite; training stops with one line and keeps its last checkpoint). The SAC actor and temperature losses
     are not bounded below, so :meth:`FAMOConfig.check` allows the critic only, as the paper's MT10 runs. State
     (logits, Adam moments, the losses of the last call) is in ``state_dict``.
 
@@ -61,7 +62,7 @@ class FAMO(Combiner):
         shifted = losses.detach().to(torch.float64) - self.min_loss + _EPS
         if not bool((shifted > 0).all()):
             task = int((shifted <= 0).nonzero()[0, 0])
-            raise ValueError(
+            raise NonFiniteError(
                 f"combiner 'famo': task {task} has loss {float(losses[task]):.4g} <= min_loss {self.min_loss}; "
                 "FAMO takes log(loss - min_loss): set combiner.min_loss below the smallest loss, or apply FAMO to the "
                 "critic only"

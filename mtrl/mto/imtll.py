@@ -10,7 +10,7 @@ from torch import Tensor
 
 from mtrl.mto.adam import VectorAdam
 from mtrl.mto.base import Combiner, CombinerConfigBase, Jacobian, Weighting, fmt
-from mtrl.mto.gls import check_critic_only
+from mtrl.mto.logloss import check_critic_only
 
 
 class IMTLL(Combiner):

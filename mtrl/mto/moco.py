@@ -9,9 +9,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import CombinerConfigBase, Jacobian, as_blocks, fmt
+from mtrl.mto.base import CombinerConfigBase, Jacobian, as_blocks, check_non_negative, check_positive, fmt
 from mtrl.mto.gramian import GramianCombiner, checked_gramian, single_thread, weighted_sum
-from mtrl.mto.modo import TaskMemory, check_non_negative, check_positive, column_chunks, project_simplex
+from mtrl.mto.memory import TaskMemory, column_chunks
+from mtrl.mto.qp import project_simplex
 
 
 def track(tracked: list[Tensor], grads: list[Tensor], beta: float) -> Tensor:

@@ -182,3 +182,30 @@ def dual_cone_weights(gram: Tensor, targets: Tensor, rtol: float = DUAL_CONE_TOL
     if rest.numel():
         y[rest] = _lawson_hanson(corr, lin[rest], size[rest], live, rtol, 10 * k + 20)
     return targets + y * inv
+
+
+def project_simplex(v: Tensor) -> Tensor:
+    r"""Euclidean projection of ``v [K]`` onto the probability simplex (sort and threshold, Held et al. 1974):
+
+    .. math:: \Pi_\Delta(v) = \max(v - \theta, 0), \quad
+        \theta = \frac{1}{\rho} \Big(\sum_{i \le \rho} u_i - 1\Big), \quad
+        \rho = \min\{j : \tfrac{1}{j} (\textstyle\sum_{i \le j} u_i - 1) > u_{j+1}\} \;\; (K \text{ if none})
+
+    with ``u`` the entries of ``v`` in decreasing order: the same operations as torchjd's and the official MoDo /
+    SDMGrad code's loop (so equal inputs give bit-equal outputs). Where the result is off the simplex (entries so
+    large that ``u_1 - 1`` rounds to ``u_1``: a weight step ``gamma A lambda`` with huge gradients), it is recomputed
+    on ``v - max v`` (the projection is invariant to adding a constant to every entry).
+    """
+    out = _threshold(v)
+    if not abs(float(out.sum()) - 1.0) <= 1e-9:
+        out = _threshold(v - v.max())
+    return out
+
+
+def _threshold(v: Tensor) -> Tensor:
+    k = v.numel()
+    u = torch.sort(v, descending=True).values
+    means = (u.cumsum(0)[:-1] - 1.0) / torch.arange(1, k, dtype=v.dtype)
+    above = (means > u[1:]).nonzero()
+    theta = means[int(above[0, 0])] if above.numel() else (v.sum() - 1.0) / k
+    return (v - theta).clamp_min(0.0)

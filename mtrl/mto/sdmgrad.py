@@ -7,9 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import CombinerConfigBase, Jacobian, fmt
+from mtrl.mto.base import CombinerConfigBase, Jacobian, check_non_negative, check_positive, fmt
 from mtrl.mto.gramian import GramianCombiner, single_thread, weighted_sum
-from mtrl.mto.modo import Sampling, TaskMemory, check_non_negative, check_positive, checked_gramians, project_simplex
+from mtrl.mto.memory import Sampling, TaskMemory, checked_gramians
+from mtrl.mto.qp import project_simplex
 
 
 def sdmgrad_step(a: Tensor, w: Tensor, lam: float, lr: float, momentum: float, n_iter: int) -> Tensor:

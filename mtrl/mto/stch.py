@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from mtrl.mto.base import CombinerConfigBase, Jacobian, Weighting, fmt
-from mtrl.mto.gls import LogLossCombiner, check_critic_only
+from mtrl.mto.logloss import LogLossCombiner, check_critic_only
 
 #: added inside the logs (official code): ``log(L + 1e-20)``, ``log(L / z + 1e-20)``
 _EPS = 1e-20

@@ -20,7 +20,7 @@ from combiner_helpers import F64, degenerate
 from torch import Tensor
 
 from mtrl.mto.excessmtl import ExcessMTL, ExcessMTLConfig, excess_risks
-from mtrl.mto.modo import TaskMemory
+from mtrl.mto.memory import TaskMemory
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -18,7 +18,8 @@ from torch import Tensor
 
 from mtrl.mto.mgda import min_norm_weights
 from mtrl.mto.moco import MoCo, MoCoConfig
-from mtrl.mto.modo import MoDoConfig, project_simplex
+from mtrl.mto.modo import MoDoConfig
+from mtrl.mto.qp import project_simplex
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -19,8 +19,10 @@ from torch import Tensor
 
 from mtrl.mto.base import NonFiniteError
 from mtrl.mto.gramian import gramian
+from mtrl.mto.memory import TaskMemory, checked_gramians
 from mtrl.mto.mgda import min_norm_weights
-from mtrl.mto.modo import MoDo, MoDoConfig, TaskMemory, checked_gramians, project_simplex
+from mtrl.mto.modo import MoDo, MoDoConfig
+from mtrl.mto.qp import project_simplex
 
 
 @pytest.fixture(autouse=True, scope="module")
