@@ -16,7 +16,6 @@ from mtrl.config import from_flat
 from mtrl.train import restore, train
 
 
-
 def _leaves(obj):
     if isinstance(obj, torch.Tensor):
         yield obj
