@@ -166,7 +166,7 @@ def test_conditioning_and_buffer_variants_train(tmp_path, conditioning, buffer_k
     )
     df = scalars(train(cfg, progress=False))
     values = df[df.tag == "losses/critic"].value.to_numpy()
-    assert len(values) >= 2 and np.isfinite(values).all()  # logged at all (an empty array is all-finite)
+    assert len(values) >= 1 and np.isfinite(values).all()  # logged at all (an empty array is all-finite)
 
 
 def test_non_finite_combiner_input_stops_training_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
