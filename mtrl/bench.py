@@ -225,9 +225,10 @@ def training(
     steps: int,
     device: str,
     threads: int,
+    done: Callable[[dict[str, Any]], None] = lambda out: None,
 ) -> dict[str, Any]:
     """Vector steps/s of the real training loop (median of ``charts/sps`` after warm-up) per benchmark, env vector
-    strategy, precision and combiner: ``{bench: {"sync/fp32/mean": steps_per_s, ...}}``."""
+    strategy, precision and combiner: ``{bench: {"sync/fp32/mean": steps_per_s, ...}}``; ``done(out)`` after each."""
     from mtrl.compare import read_scalars
     from mtrl.train import train
 
@@ -252,6 +253,7 @@ def training(
                         df = read_scalars(run)
                         sps = df[(df.tag == "charts/sps") & (df.step > warmup + 50)].value
                         out.setdefault(bench, {})[key] = float(np.median(sps))
+                        done(out)
     return out
 
 
@@ -322,7 +324,11 @@ def print_tables(result: dict[str, Any]) -> None:
                 f"  ours {precision}: {ours['updates_per_s']:.2f} updates/s, ratio {ours['ratio']:.2f}x "
                 f"(target >= {SB3_TARGET}x: {ok})"
             )
-    for bench, row in result.get("training", {}).items():
+    print_training(result.get("training", {}))
+
+
+def print_training(training: dict[str, dict[str, float]]) -> None:
+    for bench, row in training.items():
         print(f"\ntraining {bench} (collect + update), vector steps/s (env vector strategy / precision / combiner):")
         for key, sps in row.items():
             print(f"  {key:<28}{sps:>8.2f}")
@@ -421,15 +427,25 @@ def cli(argv: list[str]) -> int:
         result["sb3"] = [
             versus_sb3(b, precisions, args.rounds, args.warmup, device, args.hidden, bar) for b in args.sb3_batch
         ]
+    print_tables(result)
+    _write(json_path, result)  # the update and SB3 figures are kept even if the (long) training part is cut short
     if args.train:
         train_names = _with_mean(list(args.train_combiners))
         benchmarks = list(args.train_benchmarks)
         vectors = list(dict.fromkeys(args.train_vector))
+
+        def keep(partial: dict[str, Any]) -> None:
+            json_path.write_text(json.dumps({**result, "training": partial}, indent=2))
+
         result["training"] = training(
-            benchmarks, train_names, precisions, vectors, args.train_steps, str(device), args.threads
+            benchmarks, train_names, precisions, vectors, args.train_steps, str(device), args.threads, keep
         )
-    print_tables(result)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {json_path}")
+        print_training(result["training"])
+        _write(json_path, result)
     return 0
+
+
+def _write(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {path}")

@@ -22,3 +22,17 @@ def test_gpu_check_tiny_runs_every_step_and_writes_the_table(tmp_path):
     assert result["run"]["final_step"] == 200  # trained to 100, resumed to 200
     assert list((out / "videos" / "gpu").glob("reach-1__ep0.mp4"))
     assert "gpu_check on cpu" in res.stdout and "update MT10 bf16" in res.stdout
+
+
+def test_gpu_check_time_limit_stops_the_running_step_and_still_writes_the_table(tmp_path):
+    out = tmp_path / "gc"
+    res = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--tiny", "--out", str(out), "--time-limit", "2"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 1, res.stdout + res.stderr
+    result = json.loads((out / "gpu_check.json").read_text())
+    codes = [row["exit_code"] for row in result["steps"]]
+    assert codes == [124] * 6  # the tests stopped at 2 s (pytest alone takes longer), every later step skipped
+    assert result["total_seconds"] < 30
+    assert "stopped: the step's limit" in (out / "device_tests.log").read_text()
