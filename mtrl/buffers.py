@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mtrl.utils import set_generator_state
+
 
 class ReplayBatch(NamedTuple):
     obs: Tensor  # [N, obs]
@@ -150,4 +152,4 @@ class MultiTaskReplay:
         self.pos, self.size = state["pos"], n
         self.rew_count, self.rew_mean, self.rew_m2 = state["rew_stats"].to(self.device).unbind(0)
         self.rew_absmax = state["rew_absmax"].to(self.device)
-        self.generator.set_state(state["generator"].cpu())  # a CPU byte tensor on every device
+        set_generator_state(self.generator, state["generator"])  # saved on any device

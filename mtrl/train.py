@@ -260,6 +260,8 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
                 ) from None
             rng.bit_generator.state = state["numpy_rng"]
             torch.set_rng_state(state["torch_rng"])
+            if device.type == "cuda" and "cuda_rng" in state:  # dropout on the GPU draws from it
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
             start, wall_before = state["step"], state["wall_clock_s"]
         checkpoint.clean_partial(run)
         if from_flat(yaml.safe_load((run / "config.yaml").read_text())) != cfg:  # total_steps extended
@@ -280,6 +282,7 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
             "agent": agent.state_dict(),
             "numpy_rng": rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
             "task_names": env.task_names,
             "obs_dim": env.obs_dim,
             "act_dim": env.act_dim,

@@ -1,9 +1,10 @@
-"""Process-level settings: the torch device, and glibc's memory behaviour."""
+"""Process-level settings: the torch device, glibc's memory behaviour, and random-generator states across devices."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import sys
 
 import torch
@@ -57,3 +58,19 @@ def set_matmul_precision(precision: str) -> None:
     tf32 = precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
+
+
+def set_generator_state(generator: torch.Generator, state: torch.Tensor) -> None:
+    """Restore ``generator`` from a saved ``get_state()``, whatever device wrote it.
+
+    A state saved by a generator of the same device type (CPU: 5056-byte Mersenne Twister, CUDA: 16-byte Philox
+    seed and offset) is restored exactly. One from the other type cannot be (the streams differ anyway): the
+    generator is then seeded from a hash of the saved state, so a checkpoint written on a GPU still loads, and
+    deterministically, on a CPU and the reverse.
+    """
+    state = state.detach().to("cpu", torch.uint8)
+    if state.numel() == generator.get_state().numel():
+        generator.set_state(state)
+        return
+    digest = hashlib.blake2b(state.numpy().tobytes(), digest_size=8).digest()
+    generator.manual_seed(int.from_bytes(digest, "little") >> 1)

@@ -21,6 +21,7 @@ from mtrl.mto import Combiner
 from mtrl.mto.base import NonFiniteError
 from mtrl.mto.grads import LossRows, combine_backward, task_mean
 from mtrl.nets import Actor, TwinQ
+from mtrl.utils import set_generator_state
 
 
 class _Component:
@@ -349,5 +350,5 @@ class MTSAC:
             for opt, opt_state in zip(part.optimizers, state[f"{name}_optimizers"]):
                 opt.load_state_dict(opt_state)
             part.combiner.load_state_dict(state[f"{name}_combiner"])
-        self.generator.set_state(state["generator"].cpu())  # a CPU byte tensor on every device
+        set_generator_state(self.generator, state["generator"])  # saved on any device
         self.groups = [g.to(self.device) for g in state["groups"]]

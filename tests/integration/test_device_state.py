@@ -1,5 +1,7 @@
 """Saved state loads on any device: random-generator states stay CPU byte tensors (``Generator.set_state`` and
-``torch.set_rng_state`` reject CUDA tensors), everything else is moved by ``load_state_dict``.
+``torch.set_rng_state`` reject CUDA tensors), everything else is moved by ``load_state_dict``. A generator state
+written on the other device type (CUDA's 16-byte Philox state against the CPU's 5056-byte Mersenne Twister) cannot be
+restored as such: it seeds the new generator deterministically instead.
 
 Without a GPU the device path is checked by what the loaders do: every ``torch.load`` of the package maps to the CPU,
 whatever device the run asks for. With a GPU (``scripts/gpu_check.sh``), the CUDA tests below run for real.
@@ -13,7 +15,11 @@ from toyruns import TINY
 
 from mtrl import checkpoint
 from mtrl.config import from_flat
+from mtrl.evaluate import evaluate_checkpoint
 from mtrl.train import restore, train
+from mtrl.utils import set_generator_state
+
+PHILOX = torch.tensor([7, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0], dtype=torch.uint8)  # CUDA: seed, offset
 
 
 def _leaves(obj):
@@ -68,3 +74,50 @@ def test_resume_and_restore_on_the_device(run, tmp_path, device):
     train(cfg, run=copy, progress=False)
     _, agent, state = restore(copy, device=device)
     assert state["step"] == 200 and next(agent.actor.parameters()).device.type == device.type
+
+
+def test_generator_state_of_the_same_device_type_is_restored_exactly():
+    g = torch.Generator().manual_seed(3)
+    torch.rand(5, generator=g)
+    saved = g.get_state()
+    expected = torch.rand(4, generator=g)
+    h = torch.Generator().manual_seed(99)
+    set_generator_state(h, saved)
+    assert torch.equal(torch.rand(4, generator=h), expected)
+
+
+def test_generator_state_of_the_other_device_type_seeds_deterministically():
+    """What a CPU generator does with the state of a CUDA one (and the reverse, by the same size check)."""
+    draws = []
+    for state in (PHILOX, PHILOX.clone(), PHILOX.roll(1)):
+        g = torch.Generator().manual_seed(0)
+        set_generator_state(g, state)
+        draws.append(torch.rand(4, generator=g))
+    assert torch.equal(draws[0], draws[1])  # same saved state, same stream
+    assert not torch.equal(draws[0], draws[2])  # another saved state, another stream
+    assert not torch.equal(draws[0], torch.rand(4, generator=torch.Generator().manual_seed(0)))
+
+
+def test_a_gpu_written_checkpoint_restores_evaluates_and_resumes_on_the_cpu(run, tmp_path):
+    """The checkpoint as a CUDA run writes it (device generators hold Philox states, plus the CUDA RNG state):
+    restore, evaluate and resume on the CPU. Found on an H200: ``mtrl record`` (CPU) of a GPU run refused it."""
+    import shutil
+
+    copy = tmp_path / "gpu_written"
+    shutil.copytree(run, copy)
+    unit = checkpoint.resolve(copy).parent
+    state = torch.load(unit / checkpoint.STATE, weights_only=False)
+    state["agent"]["generator"] = PHILOX.clone()
+    state["cuda_rng"] = PHILOX.clone()
+    torch.save(state, unit / checkpoint.STATE)
+    replay = torch.load(unit / checkpoint.BUFFER, weights_only=False)
+    replay["generator"] = PHILOX.roll(3)
+    torch.save(replay, unit / checkpoint.BUFFER)
+
+    step = state["step"]
+    _, agent, restored = restore(copy, device="cpu")
+    assert restored["step"] == step and agent.generator.get_state().numel() == torch.Generator().get_state().numel()
+    result = evaluate_checkpoint(str(copy), episodes=1, sim_seed=None, eval_goals=None, device="cpu")
+    assert result.result.per_task.shape == (len(result.task_names),) and result.step == step
+    train(from_flat({**checkpoint.load(copy)["config"], "total_steps": step + 50}), run=copy, progress=False)
+    assert checkpoint.load(copy)["step"] == step + 50
