@@ -49,8 +49,10 @@ update  one MT-SAC update on a fixed batch per combiner and precision, at MT10 s
         size (K=50, batch 1250), 3x400 networks, one-hot task id; interleaved round by round, median over rounds,
         ratio to mean (unitary scalarization) and the targets (<= 1.5x at K=10, <= 3x at K=50), speed-up over
         fp32 (target for bf16 on CPUs with AVX512-BF16: >= 1.7x).
+
 sb3     K=1: our replay sample + update against stable-baselines3's SAC.train(gradient_steps=1), same networks,
         batch and device (target >= 1.5x).
+
 train   (--train) the real training loop on Meta-World with the configs/<benchmark>_unitary.yaml preset (MT50: batch
         6400) for --train-steps steps after 200 warm-up steps: median vector steps/s.
 

@@ -30,11 +30,18 @@ from mtrl.mto.base import Combiner, Weighting
 LossRows = Callable[[dict[str, Tensor], Any], Tensor]
 
 
+def task_counts(task: Tensor, num_tasks: int, dtype: torch.dtype) -> Tensor:
+    """Rows per task ``[K]`` as ``dtype``. Not ``torch.bincount``, which syncs with the host on a GPU (it reads the
+    largest index first); the sums of ones are exact up to 2^24 rows in float32."""
+    return torch.zeros(num_tasks, dtype=dtype, device=task.device).index_add_(
+        0, task, torch.ones_like(task, dtype=dtype)
+    )
+
+
 def task_mean(rows: Tensor, task: Tensor, num_tasks: int) -> Tensor:
     """Mean of the per-row values ``rows [N]`` within each task: ``[K]`` (0 for a task without rows)."""
     sums = torch.zeros(num_tasks, dtype=rows.dtype, device=rows.device).index_add_(0, task, rows)
-    counts = torch.bincount(task, minlength=num_tasks).clamp(min=1)
-    return sums / counts
+    return sums / task_counts(task, num_tasks, rows.dtype).clamp(min=1)
 
 
 def _chunk(x: Any, k: int) -> Any:
@@ -98,7 +105,7 @@ def combine_backward(
         if not stratified and getattr(combiner, "row_weighted", False):
             # unequal rows per task (uniform replay): task k's weight times K n_k / N, so that mean is the batch
             # mean over rows (mtrl's unitary loss), not the mean of per-task means
-            weights = weights * torch.bincount(task, minlength=k).to(weights) * (k / task.numel())
+            weights = weights * task_counts(task, k, weights.dtype) * (k / task.numel())
         total = (weights * losses).sum()
         for p, g in zip(plist, torch.autograd.grad(total, plist, allow_unused=True)):
             p.grad = g if g is not None else torch.zeros_like(p)

@@ -187,3 +187,18 @@ def test_bench(capsys, workdir, argv, needles):
 )
 def test_sweep(capsys, workdir, argv, needles):
     _rejected(capsys, workdir, ["sweep", *argv], *needles)
+
+
+@pytest.mark.parametrize("argv", [[], ["train"], ["bench"]])
+def test_help_piped_into_a_reader_that_stops_early_ends_quietly(argv):
+    """`mtrl train --help | head -1`: no BrokenPipeError traceback, the conventional SIGPIPE status 141."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "mtrl", *argv, "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, bufsize=0)  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader goes away before the help text is written (Python takes a second to start)
+    code = proc.wait(timeout=60)
+    stderr = proc.stderr.read().decode()
+    assert "Traceback" not in stderr and code == 141, (code, stderr)

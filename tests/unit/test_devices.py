@@ -100,3 +100,38 @@ def test_a_non_finite_loss_is_reported_at_check_finite(device):
     with pytest.raises(NonFiniteError):  # immediate on a CPU, deferred to check_finite on a GPU (no host sync)
         agent.update(batch._replace(rew=batch.rew * float("nan")))
         agent.check_finite()
+
+
+# ops that make the host wait for a GPU: reading a value (item, bool, int, float), or an output size that depends on
+# the data (nonzero, bincount, masked_select, unique, repeat_interleave without output_size)
+HOST_SYNCING = ("_local_scalar_dense", "nonzero", "bincount", "masked_select", "unique", "repeat_interleave",
+                "is_nonzero", "equal", "allclose")  # fmt: skip
+
+
+class _OpLog(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("buffer_kind", ["stratified", "uniform"])
+def test_a_mean_update_makes_no_host_sync_with_deferred_checks(device, buffer_kind):
+    """The unitary baseline's update on a GPU queues work and returns: no op in it waits for the device (on a GPU
+    the agent defers its finite checks; here they are deferred by hand). Found on an H200 with torch.profiler: three
+    ``torch.bincount`` calls (per-task loss means) each synced with the host, six syncs per update."""
+    agent = _agent(device, **{"buffer.kind": buffer_kind})
+    for part in agent.parts.values():
+        part.combiner.defer_finite_checks = True
+    batch = _buffer(device).sample()
+    if buffer_kind == "uniform":  # unequal rows per task
+        batch = type(batch)(*(x[torch.arange(BATCH - 5, device=x.device)] for x in batch))
+    agent.update(batch)  # lazy initialisation (optimizer state) outside the log
+    with _OpLog() as log:
+        agent.update(batch)
+    assert log.ops, "the dispatch log saw nothing"
+    syncing = sorted({op for op in log.ops if op.split(".")[0].lstrip("_") in {s.lstrip("_") for s in HOST_SYNCING}})
+    assert not syncing, syncing
