@@ -90,6 +90,9 @@ class GramianCombiner(Combiner):
 
     requires_grads = True
     accepts_blocks = True
+    #: dtype of the last call's gradients (float64 before any call): solvers whose tolerances follow the rounding
+    #: noise of the Gramian (UPGrad, DualProj, IMTL-G, ConFIG) read it in :meth:`weights`
+    grad_dtype: torch.dtype = torch.float64
 
     def weights(self, gram: Tensor) -> Tensor:  # pragma: no cover - abstract
         """:param gram: ``[K, K]`` float64 CPU Gramian. :returns: ``[K]`` float64 coefficients of the gradients."""
@@ -98,6 +101,7 @@ class GramianCombiner(Combiner):
     @torch.no_grad()
     def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:
         assert grads is not None  # checked by Combiner.__call__
+        self.grad_dtype = as_blocks(grads)[0].dtype
         gram = checked_gramian(self, grads, losses)
         with single_thread():
             weights = self.weights(gram)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import CombinerConfigBase, Jacobian, as_blocks
+from mtrl.mto.base import CombinerConfigBase
 from mtrl.mto.gramian import GramianCombiner
 
 
@@ -43,17 +43,8 @@ class IMTLG(GramianCombiner):
     direction when the weights are undefined (``sum v = 0``).
     """
 
-    def __init__(self, num_tasks: int, seed: int = 0) -> None:
-        super().__init__(num_tasks, seed)
-        self._rtol = num_tasks * torch.finfo(torch.float64).eps
-
-    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:
-        if grads is not None:
-            self._rtol = self.num_tasks * torch.finfo(as_blocks(grads)[0].dtype).eps
-        return super().forward(grads, losses)
-
     def weights(self, gram: Tensor) -> Tensor:
-        return imtlg_weights(gram, self._rtol)
+        return imtlg_weights(gram, self.num_tasks * torch.finfo(self.grad_dtype).eps)
 
 
 @dataclass(frozen=True)

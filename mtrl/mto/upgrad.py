@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import CombinerConfigBase, Jacobian, as_blocks
+from mtrl.mto.base import CombinerConfigBase
 from mtrl.mto.gramian import GramianCombiner
 from mtrl.mto.qp import DUAL_CONE_TOL, dual_cone_tol, dual_cone_weights
 
@@ -44,17 +44,8 @@ class UPGrad(GramianCombiner):
     (it constrains nothing).
     """
 
-    def __init__(self, num_tasks: int, seed: int = 0) -> None:
-        super().__init__(num_tasks, seed)
-        self._rtol = DUAL_CONE_TOL
-
-    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:
-        if grads is not None:
-            self._rtol = dual_cone_tol(as_blocks(grads)[0].dtype)
-        return super().forward(grads, losses)
-
     def weights(self, gram: Tensor) -> Tensor:
-        return upgrad_weights(gram, self._rtol)
+        return upgrad_weights(gram, dual_cone_tol(self.grad_dtype))
 
 
 @dataclass(frozen=True)
