@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -34,13 +33,7 @@ def torchjd_aggregation() -> Any:
     return pytest.importorskip("torchjd.aggregation", reason="torchjd==0.18.0 (the test extra) is not installed")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The matrices are small: one intra-op thread is faster, and steadier on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one intra-op thread (tests/unit/conftest.py)
 
 
 def jacobians(k: int, steps: int, seed: int, n: int = 12) -> list[Tensor]:

@@ -10,8 +10,6 @@ with errors relative to the mean gradient norm. Its default projector regularise
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -24,13 +22,7 @@ J_A = [[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]]
 J_B = [[1.0, -2.0, 0.5, 3.0], [-1.5, 1.0, 2.0, -0.5], [0.25, 0.5, -1.0, 1.0]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The solver's matrices are tiny: one intra-op thread, as the combiners run them (``single_thread``)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one intra-op thread (tests/unit/conftest.py)
 
 
 def direction(jac: Tensor) -> tuple[Tensor, Tensor]:

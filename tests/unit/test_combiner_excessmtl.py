@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -22,14 +21,7 @@ from torch import Tensor
 from mtrl.mto.excessmtl import ExcessMTL, ExcessMTLConfig, excess_risks
 from mtrl.mto.memory import TaskMemory
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The matrices are small: one intra-op thread is faster, and steadier on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one intra-op thread (tests/unit/conftest.py)
 
 
 def jacobians(k: int, steps: int, seed: int, n: int = 40) -> list[Tensor]:

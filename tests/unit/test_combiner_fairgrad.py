@@ -10,7 +10,6 @@ ours by Newton to machine precision: rtol 1e-6 (measured <= 4e-11).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -26,13 +25,7 @@ J_B = [[1.0, -2.0, 0.5, 3.0], [-1.5, 1.0, 2.0, -0.5], [0.25, 0.5, -1.0, 1.0]]
 ALPHAS = (0.5, 1.0, 2.0, 5.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The solver's matrices are tiny: one intra-op thread, as the combiners run them (``single_thread``)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one intra-op thread (tests/unit/conftest.py)
 
 
 def direction(jac: Tensor, **options: object) -> tuple[Tensor, Tensor]:

@@ -12,7 +12,6 @@ the difference is ``O(eps / (||g_i|| ||g_j||))``: rtol 1e-6 (measured <= 2e-9 on
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -27,13 +26,7 @@ J_A = [[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]]
 L_A = [[1.0, 2.0], [0.8, 1.9], [0.7, 1.7]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The Gramian-space work is tiny: one intra-op thread, as the combiners run it (``single_thread``)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one intra-op thread (tests/unit/conftest.py)
 
 
 def call(comb: GradVac, jac: Tensor) -> Tensor:

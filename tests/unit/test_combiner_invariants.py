@@ -55,13 +55,7 @@ JACOBIANS_CHECKED = {
 TOL = {F32: 2e-6, F64: 1e-12}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The matrices are small: one intra-op thread is faster, and steadier on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one intra-op thread (tests/unit/conftest.py)
 
 
 def hard_jacobian(k: int, seed: int, dtype: torch.dtype, lo: float = -3.0, hi: float = 3.0, p: int = P) -> Tensor:

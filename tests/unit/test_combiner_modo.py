@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -24,14 +23,7 @@ from mtrl.mto.mgda import min_norm_weights
 from mtrl.mto.modo import MoDo, MoDoConfig
 from mtrl.mto.qp import project_simplex
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The matrices are small: one intra-op thread is faster, and steadier on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one intra-op thread (tests/unit/conftest.py)
 
 
 def jacobians(k: int, steps: int, seed: int, scale: float = 0.5, n: int = 16) -> list[Tensor]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -29,13 +28,7 @@ from mtrl.mto.sdmgrad import SDMGrad, SDMGradConfig, sdmgrad_step
 K_VALUES = (2, 3, 5, 10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The matrices are small: one intra-op thread is faster, and steadier on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one intra-op thread (tests/unit/conftest.py)
 
 
 def jacobians(k: int, steps: int, seed: int, scale: float = 1e4, n: int = 24) -> list[Tensor]:

@@ -11,8 +11,6 @@ same QP as ours up to quadprog's rounding and the ``1e-12`` ridge: 1e-8 (measure
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -26,13 +24,7 @@ from mtrl.mto.upgrad import UPGradConfig, upgrad_weights
 J_A = [[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The solver's matrices are tiny: one intra-op thread, as the combiners run them (``single_thread``)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one intra-op thread (tests/unit/conftest.py)
 
 
 def direction(jac: Tensor, seed: int = 0) -> tuple[Tensor, Tensor]:
