@@ -110,6 +110,8 @@ class Combiner(nn.Module):
             raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
         self.num_tasks = num_tasks
         self.generator = torch.Generator().manual_seed(seed)
+        #: calls so far, for the methods with a warm-up or a schedule (they count them); saved in checkpoints
+        self.calls = 0
         self.stats: dict[str, float] = {}
         #: when set (the agent does on CUDA), :meth:`check_finite` on losses alone only records non-finite tasks
         #: on the device, without a host sync; :meth:`raise_deferred` raises them later.
@@ -246,10 +248,11 @@ class Combiner(nn.Module):
             return
 
     def get_extra_state(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), "calls": self.calls}
 
     def set_extra_state(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        self.calls = int(state.get("calls", 0))
 
     def __str__(self) -> str:
         return type(self).__name__.lower()

@@ -62,7 +62,6 @@ class DBMTL(LogLossCombiner):
         super().__init__(num_tasks, seed)
         self.beta, self.beta_sigma = beta, beta_sigma
         self.average = TaskMemory(num_tasks)
-        self.calls = 0
 
     @torch.no_grad()
     def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:
@@ -91,13 +90,6 @@ class DBMTL(LogLossCombiner):
         part_norms = torch.stack([torch.linalg.vector_norm(part) for part in as_blocks(direction)])
         self.stats_tensors["grad_norm_after"] = torch.linalg.vector_norm(part_norms.to(torch.float64))
         return direction
-
-    def get_extra_state(self) -> dict:
-        return {**super().get_extra_state(), "calls": self.calls}
-
-    def set_extra_state(self, state: dict) -> None:
-        super().set_extra_state(state)
-        self.calls = int(state["calls"])
 
     def __str__(self) -> str:
         name = "dbmtl" if self.beta == 0.9 else f"dbmtl-b{fmt(self.beta)}"

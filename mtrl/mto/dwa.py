@@ -37,7 +37,6 @@ class DWA(Combiner):
         self.window = window
         self.temperature = temperature
         self.register_buffer("history", torch.zeros(2 * window, num_tasks, dtype=torch.float64))
-        self.calls = 0
 
     @torch.no_grad()
     def forward(self, grads: Jacobian | None, losses: Tensor) -> Weighting:
@@ -54,13 +53,6 @@ class DWA(Combiner):
             weights = torch.full_like(self.history[0], 1.0 / self.num_tasks)
         self.record_stats(weights=weights)
         return Weighting(weights.to(losses.dtype))
-
-    def get_extra_state(self) -> dict:
-        return {**super().get_extra_state(), "calls": self.calls}
-
-    def set_extra_state(self, state: dict) -> None:
-        super().set_extra_state(state)
-        self.calls = int(state.get("calls", 0))
 
 
 @dataclass(frozen=True)

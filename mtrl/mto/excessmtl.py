@@ -93,7 +93,6 @@ class ExcessMTL(GramianCombiner):
         self.register_buffer("baseline", torch.ones(num_tasks, dtype=torch.float64))
         self.register_buffer("warmup_sum", torch.zeros(num_tasks, dtype=torch.float64))
         self.sq_sums = TaskMemory(num_tasks)
-        self.calls = 0
 
     @torch.no_grad()
     def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:
@@ -117,13 +116,6 @@ class ExcessMTL(GramianCombiner):
             weights = log_w.exp()
             self.record_stats(gram, weights)
         return weighted_sum(weights, grads)
-
-    def get_extra_state(self) -> dict:
-        return {**super().get_extra_state(), "calls": self.calls}
-
-    def set_extra_state(self, state: dict) -> None:
-        super().set_extra_state(state)
-        self.calls = int(state["calls"])
 
     def __str__(self) -> str:
         name = f"excessmtl-e{fmt(self.step_size)}"

@@ -111,7 +111,6 @@ class MoCo(GramianCombiner):
         self.rho, self.normalization = rho, normalization
         self.register_buffer("lam", torch.full((num_tasks,), 1.0 / num_tasks, dtype=torch.float64))
         self.tracked = TaskMemory(num_tasks)
-        self.calls = 0
 
     @torch.no_grad()
     def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:
@@ -135,13 +134,6 @@ class MoCo(GramianCombiner):
             self.record_stats(gram, coef)
             self.stats_tensors["grad_norm_after"] = (lam @ yy @ lam).clamp_min(0).sqrt()
         return weighted_sum(coef, ys if isinstance(grads, list) else ys[0])
-
-    def get_extra_state(self) -> dict:
-        return {**super().get_extra_state(), "calls": self.calls}
-
-    def set_extra_state(self, state: dict) -> None:
-        super().set_extra_state(state)
-        self.calls = int(state["calls"])
 
     def __str__(self) -> str:
         name = f"moco-b{fmt(self.beta)}-g{fmt(self.gamma)}"

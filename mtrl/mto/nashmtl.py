@@ -168,7 +168,6 @@ class NashMTL(GramianCombiner):
         self.max_norm = max_norm
         self.register_buffer("alpha", torch.ones(num_tasks, dtype=torch.float64))
         self.register_buffer("beta", torch.ones(num_tasks, dtype=torch.float64))
-        self.calls = 0
         self.ridge = _RIDGE
 
     def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:
@@ -205,13 +204,6 @@ class NashMTL(GramianCombiner):
             if norm > self.max_norm:
                 alpha *= self.max_norm / norm
         return alpha
-
-    def get_extra_state(self) -> dict:
-        return {**super().get_extra_state(), "calls": self.calls}
-
-    def set_extra_state(self, state: dict) -> None:
-        super().set_extra_state(state)
-        self.calls = int(state.get("calls", 0))
 
     def __str__(self) -> str:
         name = "nashmtl"

@@ -66,7 +66,6 @@ class STCH(LogLossCombiner):
         self.mu, self.warmup_steps, self.nadir_steps = mu, warmup_steps, nadir_steps
         self.register_buffer("nadir_sum", torch.zeros(num_tasks, dtype=torch.float64))
         self.register_buffer("nadir", torch.ones(num_tasks, dtype=torch.float64))
-        self.calls = 0
 
     @torch.no_grad()
     def forward(self, grads: Jacobian | None, losses: Tensor) -> Weighting:
@@ -85,13 +84,6 @@ class STCH(LogLossCombiner):
             weights = self.num_tasks * torch.softmax(x / self.mu, dim=0) / (values + _EPS * self.nadir)
         self.record_stats(weights=weights)
         return Weighting(weights.to(losses.dtype))
-
-    def get_extra_state(self) -> dict:
-        return {**super().get_extra_state(), "calls": self.calls}
-
-    def set_extra_state(self, state: dict) -> None:
-        super().set_extra_state(state)
-        self.calls = int(state["calls"])
 
     def __str__(self) -> str:
         return "stch" if self.mu == 1.0 else f"stch-mu{fmt(self.mu)}"
