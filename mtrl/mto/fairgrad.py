@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import CombinerConfigBase, Jacobian, as_blocks, fmt
+from mtrl.mto.base import CombinerConfigBase, fmt
 from mtrl.mto.gramian import GramianCombiner
 
 #: ridge on the correlation matrix (unit diagonal): keeps the problem bounded where no positive solution exists (a
@@ -193,12 +193,11 @@ class FairGrad(GramianCombiner):
         super().__init__(num_tasks, seed)
         self.alpha = alpha
         self.solver = solver
-        self.ridge = _RIDGE
 
-    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:
-        if grads is not None:
-            self.ridge = max(_RIDGE, _RIDGE_EPS * torch.finfo(as_blocks(grads)[0].dtype).eps)
-        return super().forward(grads, losses)
+    @property
+    def ridge(self) -> float:
+        """The solver's ridge for the last call's gradient dtype (its Gramian's rounding noise)."""
+        return max(_RIDGE, _RIDGE_EPS * torch.finfo(self.grad_dtype).eps)
 
     def weights(self, gram: Tensor) -> Tensor:
         k = gram.shape[0]

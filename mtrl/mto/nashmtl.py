@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.mto.base import CombinerConfigBase, Jacobian, as_blocks, fmt
+from mtrl.mto.base import CombinerConfigBase, fmt
 from mtrl.mto.gramian import GramianCombiner
 
 #: ridge added to the unit-diagonal (correlation) Gramian; keeps the problem bounded when some ``alpha >= 0``
@@ -168,12 +168,11 @@ class NashMTL(GramianCombiner):
         self.max_norm = max_norm
         self.register_buffer("alpha", torch.ones(num_tasks, dtype=torch.float64))
         self.register_buffer("beta", torch.ones(num_tasks, dtype=torch.float64))
-        self.ridge = _RIDGE
 
-    def forward(self, grads: Jacobian | None, losses: Tensor) -> Jacobian:
-        if grads is not None:
-            self.ridge = max(_RIDGE, _RIDGE_EPS * torch.finfo(as_blocks(grads)[0].dtype).eps)
-        return super().forward(grads, losses)
+    @property
+    def ridge(self) -> float:
+        """The solver's ridge for the last call's gradient dtype (its Gramian's rounding noise)."""
+        return max(_RIDGE, _RIDGE_EPS * torch.finfo(self.grad_dtype).eps)
 
     def solve(self, gram: Tensor) -> Tensor:
         """The unclipped weights ``alpha [K]`` for a Gramian (float64 CPU)."""
