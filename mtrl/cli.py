@@ -23,12 +23,14 @@ on a CPU).
 
   mtrl train [--config PRESET.yaml] [--resume RUN_DIR] [--no-progress] [--KEY VALUE ...]
 
-Values come from the defaults below, then --config (a YAML preset from configs/, which may inherit another with
-base:), then --KEY VALUE. --resume RUN_DIR continues a run from its newest checkpoint with its saved config.yaml
-(only total_steps may be changed, to extend it). --combiner NAME picks a combiner; `mtrl train --combiner NAME
---help` lists its options. Output: runs/<run_name>/ holds TensorBoard events, config.yaml, meta.yaml,
-checkpoints/. Ctrl-C or SIGTERM finishes the current step, writes a checkpoint and exits (130 / 143); a second
-Ctrl-C aborts."""
+- values: the defaults below, then --config (a YAML preset from configs/, which may inherit another
+  with base:), then --KEY VALUE
+- --resume RUN_DIR continues a run from its newest checkpoint with its saved config.yaml (only
+  total_steps may be changed, to extend it)
+- --combiner NAME picks a combiner; `mtrl train --combiner NAME --help` lists its options
+- output: runs/<run_name>/ holds TensorBoard events, config.yaml, meta.yaml, checkpoints/
+- Ctrl-C or SIGTERM finishes the current step, writes a checkpoint and exits (130 / 143); a second
+  Ctrl-C aborts"""
 
 
 def _take(argv: list[str], name: str, *, value: bool) -> tuple[str | bool | None, list[str]]:
@@ -94,8 +96,10 @@ def cmd_train(argv: list[str]) -> int:
 
 @dataclass(frozen=True)
 class EvaluateArgs:
-    """Evaluate a checkpoint with the deterministic policy on its own benchmark, protocol and training goals; prints
-    the success rate per task and the mean (success = the task's success flag at any step of an episode)."""
+    """Evaluate a checkpoint with the deterministic policy on its own benchmark, protocol and training goals.
+
+    - prints the success rate per task and the mean
+    - success: the task's success flag at any step of an episode"""
 
     checkpoint: tyro.conf.Positional[str]
     """A run directory (its newest checkpoint), or a checkpoint folder or file."""

@@ -1068,12 +1068,15 @@ def summary_markdown(result: Comparison, out: Path) -> str:
 
 @dataclass(frozen=True)
 class CompareArgs:
-    """Compare training runs of mtrl: final success per seed, IQM over seeds with 95% bootstrap CIs, probability of
-    improvement over a baseline, per-task success, steps/s and wall-clock. Runs are grouped into methods by the
-    config keys that differ between them (seed excluded); runs of different settings (benchmark, protocol, reward
-    version, episode length, total_steps, evaluation schedule) are never pooled but compared separately. Writes
-    success_curves.png, iqm.png and summary.md into --out and prints the summary table.
-    Example: mtrl compare runs/ --final-window 0.1 --out compare/"""
+    """Compare training runs of mtrl.
+
+    - per method: final success per seed, IQM over seeds with 95% bootstrap CIs, probability of improvement over
+      a baseline, per-task success, steps/s and wall-clock
+    - methods: runs grouped by the config keys that differ between them (seed excluded)
+    - runs of different settings (benchmark, protocol, reward version, episode length, total_steps, evaluation
+      schedule) are never pooled but compared separately
+    - writes success_curves.png, iqm.png and summary.md into --out and prints the summary table
+    - example: mtrl compare runs/ --final-window 0.1 --out compare/"""
 
     runs: tyro.conf.Positional[tuple[str, ...]]
     """Run directories, or folders searched recursively for them."""

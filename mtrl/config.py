@@ -432,15 +432,15 @@ def parse(
     hint = _combiner_hint(args, default)
     if hint:
         raise ConfigError(where + hint)
+    if "--help" in args or "-h" in args:  # at the terminal's width
+        return tyro.cli(  # type: ignore[return-value]
+            cls, args=args, default=default, prog=prog, description=description, use_underscores=not hyphens,
+            registry=registry, config=markers,
+        )  # fmt: skip
     buf = io.StringIO()
     old_columns = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = "1000"  # tyro wraps its messages at the terminal width
+    os.environ["COLUMNS"] = "1000"  # tyro wraps its messages at the terminal width: one line to shorten
     try:
-        if "--help" in args or "-h" in args:
-            return tyro.cli(  # type: ignore[return-value]
-                cls, args=args, default=default, prog=prog, description=description, use_underscores=not hyphens,
-                registry=registry, config=markers,
-            )  # fmt: skip
         with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(buf):
             return tyro.cli(  # type: ignore[return-value]
                 cls, args=args, default=default, prog=prog, description=description, use_underscores=not hyphens,

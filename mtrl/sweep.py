@@ -356,9 +356,11 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 
 @dataclass(frozen=True)
 class SweepArgs:
-    """Run methods x seeds (x weight vectors) of a sweep spec as ordinary `mtrl train` runs; rerunning skips
-    finished runs and resumes unfinished ones. Every run's config is checked before any run starts. See the module
-    documentation of mtrl.sweep for the spec format."""
+    """Run methods x seeds (x weight vectors) of a sweep spec as ordinary `mtrl train` runs.
+
+    - rerunning skips finished runs and resumes unfinished ones
+    - every run's config is checked before any run starts
+    - the spec format: the module documentation of mtrl.sweep"""
 
     spec: tyro.conf.Positional[str]
     """The sweep spec (YAML), e.g. configs/sweeps/mt10_mean_vs_pcgrad.yaml."""

@@ -187,3 +187,16 @@ def test_bad_benchmarks(bench, message):
 
     with pytest.raises(ConfigError, match=message):
         check_config(from_flat({"env.benchmark": bench}))
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "compare", "sweep", "bench"])
+def test_help_fits_the_terminal_width(command, capsys, monkeypatch):
+    """--help wraps at the terminal's width (an error message is kept on one line by widening tyro's terminal; the
+    help text must not be)."""
+    from mtrl.cli import main
+
+    monkeypatch.setenv("COLUMNS", "100")
+    assert main([command, "--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    body = [line for line in lines[1:] if line.strip()]  # the usage line lists every combiner: tyro's, not wrapped
+    assert body and max(len(line) for line in body) <= 120, max(body, key=len)
