@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,31 +40,39 @@ def gradvac_coefficients(gram: Tensor, orders: Tensor, targets: Tensor, beta: fl
     k = gram.shape[0]
     if k < 2:
         return torch.eye(k, dtype=gram.dtype)
-    top = float(gram.diagonal().max())
-    g = gram / top if top > 0 else gram  # cosines and the corrections are invariant to a global scale
-    dots = g.clone()  # row i: g_i' . g_j for every j
-    sq = g.diagonal().clone()  # ||g_i'||^2
-    norms = g.diagonal().clamp_min(0).sqrt()[orders]  # [K, K-1]: ||g_j|| in visiting order
-    diag = g.diagonal()[orders]
-    goals = targets.gather(1, orders)  # the targets in visiting order
-    sines = (1.0 - goals * goals).clamp_min(0).sqrt().clamp_min(_SINE_FLOOR)
-    seen = torch.empty_like(goals)  # the cosines before the corrections, for the EMA
-    steps = torch.empty_like(goals)
+    # NumPy: the K - 1 rounds are ~20 operations on K-vectors each, where torch's per-call overhead (~5-10 us) is
+    # most of the cost (K=50: ~1000 calls per update, 3.4x mean's update on an H200)
+    full = gram.detach().cpu().numpy()
+    top = float(full.diagonal().max())
+    g = full / top if top > 0 else full  # cosines and the corrections are invariant to a global scale
+    order = orders.numpy()
+    rows = np.arange(k)
+    dots = g.copy()  # row i: g_i' . g_j for every j
+    sq = g.diagonal().copy()  # ||g_i'||^2
+    norms = np.sqrt(np.maximum(g.diagonal(), 0.0))[order]  # [K, K-1]: ||g_j|| in visiting order
+    diag = g.diagonal()[order]
+    saved = targets.numpy()  # shares memory: updated in place below
+    goals = np.take_along_axis(saved, order, axis=1)  # the targets in visiting order
+    sines = np.maximum(np.sqrt(np.maximum(1.0 - goals * goals, 0.0)), _SINE_FLOOR)
+    seen = np.empty_like(goals)  # the cosines before the corrections, for the EMA
+    steps = np.empty_like(goals)
     for r in range(k - 1):
-        j = orders[:, r : r + 1]
-        dot = dots.gather(1, j)[:, 0]
-        norm_i = sq.clamp_min(0).sqrt()
+        j = order[:, r]
+        dot = dots[rows, j]
+        norm_i = np.sqrt(np.maximum(sq, 0.0))
         denom = norm_i * norms[:, r]
-        phi = (dot / denom.clamp_min(1e-300)).clamp(-1.0, 1.0)  # dot = 0 exactly where a vector is 0
+        phi = np.clip(dot / np.maximum(denom, 1e-300), -1.0, 1.0)  # dot = 0 exactly where a vector is 0
         seen[:, r] = phi
         target, sine_t = goals[:, r], sines[:, r]
-        step = norm_i * (target * (1.0 - phi * phi).clamp_min(0).sqrt() - phi * sine_t)
-        step = step / (norms[:, r] * sine_t).clamp_min(1e-300) * ((phi < target) & (denom > 0))
+        step = norm_i * (target * np.sqrt(np.maximum(1.0 - phi * phi, 0.0)) - phi * sine_t)
+        step = step / np.maximum(norms[:, r] * sine_t, 1e-300) * ((phi < target) & (denom > 0))
         steps[:, r] = step
-        dots.addcmul_(step[:, None], g.index_select(0, j[:, 0]))
+        dots += step[:, None] * g[j]
         sq = sq + step * (2.0 * dot + step * diag[:, r])
-    targets.scatter_(1, orders, (1.0 - beta) * goals + beta * seen)
-    return torch.eye(k, dtype=gram.dtype).scatter_add_(1, orders, steps)
+    np.put_along_axis(saved, order, (1.0 - beta) * goals + beta * seen, axis=1)
+    coef = np.eye(k)
+    coef[rows[:, None], order] += steps  # row i's columns are the other tasks, each once
+    return torch.from_numpy(coef).to(gram.dtype)
 
 
 def random_orders(num_tasks: int, generator: torch.Generator) -> Tensor:
