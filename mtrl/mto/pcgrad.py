@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -23,16 +24,20 @@ def pcgrad_weights(gram: Tensor, orders: Tensor) -> Tensor:
     :param orders: ``[K, K-1]`` integer: row ``i`` is the order in which task ``i`` visits the other tasks.
     """
     k = gram.shape[0]
-    coef = torch.eye(k, dtype=gram.dtype)
-    rows = torch.arange(k)
-    diag = gram.diagonal()
+    # NumPy: K - 1 rounds of a few operations on K-vectors, where torch's per-call overhead would dominate
+    full = gram.detach().cpu().numpy()
+    order = orders.numpy()
+    coef = np.eye(k, dtype=full.dtype)
+    rows = np.arange(k)
+    diag = full.diagonal()
+    tiny = np.finfo(full.dtype).tiny
     for r in range(k - 1):
-        j = orders[:, r]  # [K]
-        dots = (coef * gram[j]).sum(1)  # g_i^PC . g_j  (gram symmetric: gram[:, j]^T = gram[j])
+        j = order[:, r]  # [K]
+        dots = np.einsum("ij,ij->i", coef, full[j])  # g_i^PC . g_j  (gram symmetric: gram[:, j]^T = gram[j])
         gjj = diag[j]
-        step = torch.where((dots < 0) & (gjj > 0), dots / gjj.clamp_min(torch.finfo(gram.dtype).tiny), 0.0)
+        step = np.where((dots < 0) & (gjj > 0), dots / np.maximum(gjj, tiny), 0.0)
         coef[rows, j] -= step
-    return coef
+    return torch.from_numpy(coef)
 
 
 def random_orders(num_tasks: int, generator: torch.Generator) -> Tensor:
