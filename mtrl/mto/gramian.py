@@ -91,7 +91,7 @@ class GramianCombiner(Combiner):
     requires_grads = True
     accepts_blocks = True
     #: dtype of the last call's gradients (float64 before any call): solvers whose tolerances follow the rounding
-    #: noise of the Gramian (UPGrad, DualProj, IMTL-G, ConFIG) read it in :meth:`weights`
+    #: noise of the Gramian (UPGrad, DualProj, IMTL-G, ConFIG, Nash-MTL, FairGrad) read it in :meth:`weights`
     grad_dtype: torch.dtype = torch.float64
 
     def weights(self, gram: Tensor) -> Tensor:  # pragma: no cover - abstract
