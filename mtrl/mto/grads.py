@@ -32,10 +32,10 @@ LossRows = Callable[[dict[str, Tensor], Any], Tensor]
 
 def task_counts(task: Tensor, num_tasks: int, dtype: torch.dtype) -> Tensor:
     """Rows per task ``[K]`` as ``dtype``. Not ``torch.bincount``, which syncs with the host on a GPU (it reads the
-    largest index first); the sums of ones are exact up to 2^24 rows in float32."""
-    return torch.zeros(num_tasks, dtype=dtype, device=task.device).index_add_(
-        0, task, torch.ones_like(task, dtype=dtype)
-    )
+    largest index first). Counted in float32 at least (sums of ones exact up to 2^24 rows), then converted."""
+    count = torch.float64 if dtype == torch.float64 else torch.float32
+    ones = torch.ones_like(task, dtype=count)
+    return torch.zeros(num_tasks, dtype=count, device=task.device).index_add_(0, task, ones).to(dtype)
 
 
 def task_mean(rows: Tensor, task: Tensor, num_tasks: int) -> Tensor:
