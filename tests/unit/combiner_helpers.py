@@ -3,6 +3,7 @@ running a combiner, and random and degenerate Jacobians. Math tests run in float
 
 from __future__ import annotations
 
+import io
 import typing
 
 import torch
@@ -30,6 +31,28 @@ def run(comb: Combiner, jac: Tensor, losses: Tensor | None = None) -> Tensor:
         return out.weights.to(jac) @ jac
     assert isinstance(out, Tensor)
     return out
+
+
+def drive(comb: Combiner, jacs: typing.Iterable[Tensor], split: int | None = None) -> list[Tensor]:
+    """The gradient-space combiner's direction on each Jacobian in turn, with unit losses; given as two column blocks
+    ``[:, :split]`` and ``[:, split:]`` when ``split`` is set (the direction is concatenated back)."""
+    out = []
+    for jac in jacs:
+        ones = torch.ones(jac.shape[0], dtype=jac.dtype)
+        d = comb(list(jac.split([split, jac.shape[1] - split], dim=1)) if split else jac, ones)
+        out.append(torch.cat(d) if isinstance(d, list) else d)
+        assert isinstance(out[-1], Tensor)
+    return out
+
+
+def reloaded(comb: Combiner, fresh: Combiner) -> Combiner:
+    """``fresh`` holding ``comb``'s current state, passed through ``torch.save`` and ``torch.load`` as a checkpoint
+    would be."""
+    buffer = io.BytesIO()
+    torch.save(comb.state_dict(), buffer)
+    buffer.seek(0)
+    fresh.load_state_dict(torch.load(buffer, weights_only=False))
+    return fresh
 
 
 def normal(k: int, n: int, rank: int | None = None, seed: int = 0, shift: float = 0.3) -> Tensor:

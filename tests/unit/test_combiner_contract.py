@@ -10,14 +10,13 @@ float64.
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import typing
 
 import numpy as np
 import pytest
 import torch
-from combiner_helpers import F64, GRAD_NAMES, LOSS_NAMES, NAMES, build, degenerate, normal, run
+from combiner_helpers import F64, GRAD_NAMES, LOSS_NAMES, NAMES, build, degenerate, normal, reloaded, run
 from docs_helper import field_docs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -495,12 +494,8 @@ def test_state_dict_round_trip(name: str) -> None:
     }.get(name, {})
     comb = build(name, 4, seed=5, **options)
     drive(comb, 5, seed=0)
-    buffer = io.BytesIO()
-    torch.save(comb.state_dict(), buffer)
+    restored = reloaded(comb, build(name, 4, seed=99, **options))
     expected = drive(comb, 4, seed=1)
-    restored = build(name, 4, seed=99, **options)
-    buffer.seek(0)
-    restored.load_state_dict(torch.load(buffer, weights_only=False))
     for a, b in zip(drive(restored, 4, seed=1), expected, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 

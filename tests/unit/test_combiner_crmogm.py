@@ -13,14 +13,13 @@ CAGrad 1e-3 relative (torchjd solves with cvxpy/CLARABEL, measured <= 2e-4 in ``
 
 from __future__ import annotations
 
-import io
 import math
 import warnings
 from typing import Any
 
 import pytest
 import torch
-from combiner_helpers import F64, build, degenerate
+from combiner_helpers import F64, build, degenerate, drive, reloaded
 from torch import Tensor
 
 import mtrl.mto.crmogm as crmogm_module
@@ -144,27 +143,14 @@ def test_average_rule_and_frozen_weights() -> None:
     torch.testing.assert_close(weights_of(frozen), weights_of(first), rtol=0, atol=0)  # type: ignore[arg-type]
 
 
-def drive(comb: CRMOGM, jacs: list[Tensor]) -> list[Tensor]:
-    out = []
-    for jac in jacs:
-        d = comb(jac, torch.ones(jac.shape[0], dtype=jac.dtype))
-        assert isinstance(d, Tensor)
-        out.append(d)
-    return out
-
-
 @pytest.mark.parametrize("base", ["mgda", "pcgrad", "cagrad", "imtlg"])
 def test_state_dict_round_trip(base: str) -> None:
     """The average, whether it started, the warm-start support and the generator (PCGrad's orders) are saved."""
     seq = jacobians(4, 8, seed=60)
     comb = CRMOGMConfig(base=base).build(4, seed=1)  # type: ignore[arg-type]
     drive(comb, seq[:4])
-    buffer = io.BytesIO()
-    torch.save(comb.state_dict(), buffer)
+    restored = reloaded(comb, CRMOGMConfig(base=base).build(4, seed=9))  # type: ignore[arg-type]
     expected = drive(comb, seq[4:])
-    restored = CRMOGMConfig(base=base).build(4, seed=9)  # type: ignore[arg-type]
-    buffer.seek(0)
-    restored.load_state_dict(torch.load(buffer, weights_only=False))
     for a, b in zip(drive(restored, seq[4:]), expected, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 

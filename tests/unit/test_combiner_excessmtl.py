@@ -10,12 +10,11 @@ estimates, which we do not offer). We keep log-weights (``log_softmax``) where t
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
 import torch
-from combiner_helpers import F64, degenerate
+from combiner_helpers import F64, degenerate, drive, reloaded
 from torch import Tensor
 
 from mtrl.mto.excessmtl import ExcessMTL, ExcessMTLConfig, excess_risks
@@ -92,27 +91,14 @@ def test_weights_follow_the_larger_excess_risk() -> None:
     assert float(w[1]) > 0.9 and abs(float(w.sum()) - 1) < 1e-12
 
 
-def drive(comb: ExcessMTL, jacs: list[Tensor]) -> list[Tensor]:
-    out = []
-    for jac in jacs:
-        d = comb(jac, torch.ones(jac.shape[0], dtype=jac.dtype))
-        assert isinstance(d, Tensor)
-        out.append(d)
-    return out
-
-
 @pytest.mark.parametrize("warmup", [1, 4])
 def test_state_dict_round_trip(warmup: int) -> None:
     """Saved mid-warm-up or after it and loaded into a fresh instance, the sequence continues identically."""
     seq = jacobians(4, 9, seed=4)
     comb = ExcessMTLConfig(step_size=0.5, warmup_steps=warmup).build(4, seed=1)
     drive(comb, seq[:3])
-    buffer = io.BytesIO()
-    torch.save(comb.state_dict(), buffer)
+    restored = reloaded(comb, ExcessMTLConfig(step_size=0.5, warmup_steps=warmup).build(4, seed=7))
     expected = drive(comb, seq[3:])
-    restored = ExcessMTLConfig(step_size=0.5, warmup_steps=warmup).build(4, seed=7)
-    buffer.seek(0)
-    restored.load_state_dict(torch.load(buffer, weights_only=False))
     for a, b in zip(drive(restored, seq[3:]), expected, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 

@@ -11,12 +11,10 @@ the difference is ``O(eps / (||g_i|| ||g_j||))``: rtol 1e-6 (measured <= 2e-9 on
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import torch
-from combiner_helpers import F64, normal
+from combiner_helpers import F64, normal, reloaded
 from torch import Tensor
 
 from mtrl.mto.gradvac import GradVac, GradVacConfig, gradvac_coefficients, random_orders
@@ -108,12 +106,8 @@ def test_gradvac_state_round_trip_and_instances_independent() -> None:
     for jac in sequence(4, 5, seed=0):
         call(comb, jac)
     assert float(comb.phi_hat.abs().max()) > 0 and float(other.phi_hat.abs().max()) == 0.0
-    buffer = io.BytesIO()
-    torch.save(comb.state_dict(), buffer)
+    restored = reloaded(comb, GradVacConfig(beta=0.3).build(4, seed=99))
     expected = [call(comb, jac) for jac in sequence(4, 4, seed=1)]
-    restored = GradVacConfig(beta=0.3).build(4, seed=99)
-    buffer.seek(0)
-    restored.load_state_dict(torch.load(buffer, weights_only=False))
     for jac, exp in zip(sequence(4, 4, seed=1), expected, strict=True):
         torch.testing.assert_close(call(restored, jac), exp, rtol=0, atol=0)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
 import torch
+from combiner_helpers import reloaded
 
 from mtrl.mto.base import PARTS, Weighting
 from mtrl.mto.imtll import IMTLL, IMTLLConfig
@@ -61,12 +61,8 @@ def test_imtll_state_dict_round_trip_continues_identically() -> None:
     comb = IMTLLConfig(lr=0.02).build(4)
     for losses in seq[:5]:
         comb(None, losses)
-    buffer = io.BytesIO()
-    torch.save(comb.state_dict(), buffer)
+    restored = reloaded(comb, IMTLLConfig(lr=0.02).build(4, seed=9))
     expected = [weights(comb, losses) for losses in seq[5:]]
-    restored = IMTLLConfig(lr=0.02).build(4, seed=9)
-    buffer.seek(0)
-    restored.load_state_dict(torch.load(buffer, weights_only=False))
     assert restored.adam.steps == 5
     for losses, w in zip(seq[5:], expected, strict=True):
         torch.testing.assert_close(weights(restored, losses), w, rtol=0, atol=0)

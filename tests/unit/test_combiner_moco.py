@@ -7,12 +7,11 @@ round trips and finiteness of the options.
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
 import torch
-from combiner_helpers import F64, degenerate
+from combiner_helpers import F64, degenerate, drive, reloaded
 from torch import Tensor
 
 from mtrl.mto.mgda import min_norm_weights
@@ -158,15 +157,6 @@ def test_pinned_values() -> None:
     )
 
 
-def drive(comb: MoCo, jacs: list[Tensor], blocks: bool = False) -> list[Tensor]:
-    out = []
-    for jac in jacs:
-        ones = torch.ones(jac.shape[0], dtype=jac.dtype)
-        d = comb(list(jac.split([4, jac.shape[1] - 4], dim=1)) if blocks else jac, ones)
-        out.append(torch.cat(d) if isinstance(d, list) else d)
-    return out
-
-
 @pytest.mark.parametrize("options", [{}, {"beta_sigma": 0.5, "gamma_sigma": 0.5, "normalization": "l2"}])
 def test_state_dict_round_trip(options: dict) -> None:
     """The tracked gradients, the weights and the call count (the decays) are saved; a fresh instance continues
@@ -174,12 +164,8 @@ def test_state_dict_round_trip(options: dict) -> None:
     seq = jacobians(4, 9, seed=6)
     comb = MoCoConfig(**options).build(4, seed=1)
     drive(comb, seq[:5])
-    buffer = io.BytesIO()
-    torch.save(comb.state_dict(), buffer)
+    restored = reloaded(comb, MoCoConfig(**options).build(4, seed=7))
     expected = drive(comb, seq[5:])
-    restored = MoCoConfig(**options).build(4, seed=7)
-    buffer.seek(0)
-    restored.load_state_dict(torch.load(buffer, weights_only=False))
     for a, b in zip(drive(restored, seq[5:]), expected, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
@@ -188,7 +174,7 @@ def test_blocks_and_matrix_share_the_tracked_gradients() -> None:
     seq = jacobians(3, 5, seed=7)
     whole, mixed = MoCoConfig().build(3), MoCoConfig().build(3)
     expected = drive(whole, seq)
-    got = [drive(mixed, [jac], blocks=i % 2 == 0)[0] for i, jac in enumerate(seq)]
+    got = [drive(mixed, [jac], split=4 if i % 2 == 0 else None)[0] for i, jac in enumerate(seq)]
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 

@@ -3,11 +3,11 @@ critic only; torchjd's STCH as the oracle after the warm-up."""
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
 import torch
+from combiner_helpers import reloaded
 
 from mtrl.mto.base import PARTS, NonFiniteError, Weighting
 from mtrl.mto.stch import STCH, STCHConfig
@@ -94,12 +94,8 @@ def test_stch_state_dict_round_trip_continues_identically() -> None:
     comb = cfg.build(4)
     for losses in seq[:4]:
         comb(None, losses)
-    buffer = io.BytesIO()
-    torch.save(comb.state_dict(), buffer)
+    restored = reloaded(comb, cfg.build(4, seed=7))
     expected = [weights(comb, losses) for losses in seq[4:]]
-    restored = cfg.build(4, seed=7)
-    buffer.seek(0)
-    restored.load_state_dict(torch.load(buffer, weights_only=False))
     for losses, w in zip(seq[4:], expected, strict=True):
         torch.testing.assert_close(weights(restored, losses), w, rtol=0, atol=0)
     torch.testing.assert_close(restored.nadir, seq[3:6].mean(0), rtol=1e-15, atol=0)
