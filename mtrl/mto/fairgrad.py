@@ -11,6 +11,7 @@ from torch import Tensor
 
 from mtrl.mto.base import CombinerConfigBase, fmt
 from mtrl.mto.gramian import GramianCombiner
+from mtrl.mto.qp import newton_step
 
 #: ridge on the correlation matrix (unit diagonal): keeps the problem bounded where no positive solution exists (a
 #: zero ``w >= 0`` combination of the gradients, as ``g`` and ``-g``); removed again where one exists
@@ -68,11 +69,7 @@ def fair_newton(
     for _ in range(max_iter):
         scaled_grad = beta * (mat @ beta) - c * beta.pow(1.0 - p)
         hess = beta[:, None] * mat * beta[None, :] + torch.diag(p * c * beta.pow(1.0 - p))
-        chol, info = torch.linalg.cholesky_ex(hess)
-        if int(info) == 0:
-            s = torch.cholesky_solve(-scaled_grad[:, None], chol)[:, 0]
-        else:
-            s = torch.linalg.lstsq(hess, -scaled_grad[:, None]).solution[:, 0]
+        s = newton_step(hess, scaled_grad)
         decrement2 = float(-(scaled_grad @ s))
         if not math.isfinite(decrement2):
             return beta, False

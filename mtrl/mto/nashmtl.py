@@ -10,6 +10,7 @@ from torch import Tensor
 
 from mtrl.mto.base import CombinerConfigBase, fmt
 from mtrl.mto.gramian import GramianCombiner
+from mtrl.mto.qp import newton_step
 
 #: ridge added to the unit-diagonal (correlation) Gramian; keeps the problem bounded when some ``alpha >= 0``
 #: combination of the gradients is 0 (``g`` and ``-g``, rank 1 with mixed signs): those weights become
@@ -66,11 +67,7 @@ def nash_newton(
         cb = c @ beta
         scaled_grad = beta * cb - 1.0  # D grad F
         hess = beta[:, None] * c * beta[None, :] + eye
-        chol, info = torch.linalg.cholesky_ex(hess)
-        if int(info) == 0:
-            s = torch.cholesky_solve(-scaled_grad[:, None], chol)[:, 0]
-        else:
-            s = torch.linalg.lstsq(hess, -scaled_grad[:, None]).solution[:, 0]
+        s = newton_step(hess, scaled_grad)
         decrement2 = float(-(scaled_grad @ s))
         if decrement2 < 1e-20:  # one more full step is free: the residual goes from ~lambda to ~lambda^2
             return beta * (1.0 + s), True

@@ -184,6 +184,15 @@ def dual_cone_weights(gram: Tensor, targets: Tensor, rtol: float = DUAL_CONE_TOL
     return targets + y * inv
 
 
+def newton_step(hess: Tensor, grad: Tensor) -> Tensor:
+    """``s`` with ``hess s = -grad`` (Nash-MTL's and FairGrad's Newton steps): a Cholesky solve, least squares where
+    the factorisation fails (a numerically singular Hessian)."""
+    chol, info = torch.linalg.cholesky_ex(hess)
+    if int(info) == 0:
+        return torch.cholesky_solve(-grad[:, None], chol)[:, 0]
+    return torch.linalg.lstsq(hess, -grad[:, None]).solution[:, 0]
+
+
 def project_simplex(v: Tensor) -> Tensor:
     r"""Euclidean projection of ``v [K]`` onto the probability simplex (sort and threshold, Held et al. 1974):
 
