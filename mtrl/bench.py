@@ -35,12 +35,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mtrl.agents.build import make_agent as build_agent
 from mtrl.agents.mtsac import MTSAC
 from mtrl.buffers import MultiTaskReplay, ReplayBatch
 from mtrl.config import ConfigError, from_flat, load_yaml, parse
 from mtrl.mto import COMBINERS
-from mtrl.rundir import check_output_file
-from mtrl.train import make_agent as build_agent
+from mtrl.runs.rundir import check_output_file
 from mtrl.utils import keep_freed_memory
 
 DESCRIPTION = """Throughput of MT-SAC, measured side by side in one process; tables on stdout, all of it as JSON.
@@ -231,7 +231,7 @@ def training(
 ) -> dict[str, Any]:
     """Vector steps/s of the real training loop (median of ``charts/sps`` after warm-up) per benchmark, env vector
     strategy, precision and combiner: ``{bench: {"sync/fp32/mean": steps_per_s, ...}}``; ``done(out)`` after each."""
-    from mtrl.compare import read_scalars
+    from mtrl.runs.scalars import read_scalars
     from mtrl.train import train
 
     warmup = 200

@@ -59,7 +59,7 @@ def _take(argv: list[str], name: str, *, value: bool) -> tuple[str | bool | None
 
 
 def cmd_train(argv: list[str]) -> int:
-    from mtrl.rundir import main_message
+    from mtrl.runs.rundir import main_message
     from mtrl.train import train
 
     command = "mtrl train " + shlex.join(argv)
@@ -174,7 +174,7 @@ def cmd_record(argv: list[str]) -> int:
         raise ConfigError(f"--fps: got {args.fps}, expected an integer from 1 to 240")
     if args.seed < -1:
         raise ConfigError(f"--seed: got {args.seed}, expected an integer >= 0 (-1: the run's evaluation seed)")
-    from mtrl.rundir import check_output_dir
+    from mtrl.runs.rundir import check_output_dir
     from mtrl.video import record_checkpoint
 
     check_output_dir(args.out, "--out")
@@ -241,10 +241,10 @@ def _main(argv: list[str]) -> int:
     if name not in COMMANDS:
         print(f"mtrl: error: unknown command '{name}'; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    from mtrl.checkpoint import CheckpointError, CheckpointWriteError
     from mtrl.evaluate import EvalWorkerError
     from mtrl.mto.base import NonFiniteError
-    from mtrl.rundir import Interrupted, RunDirError
+    from mtrl.runs.checkpoint import CheckpointError, CheckpointWriteError
+    from mtrl.runs.rundir import Interrupted, RunDirError
     from mtrl.video import VideoError
 
     try:

@@ -54,7 +54,7 @@ def evaluate_checkpoint(
     from dataclasses import replace
 
     from mtrl.envs import eval_seed
-    from mtrl.train import restore
+    from mtrl.runs.restore import restore
 
     cfg, agent, state = restore(path, device)
     env_cfg = cfg.env if eval_goals is None else replace(cfg.env, eval_goals=eval_goals)  # type: ignore[arg-type]

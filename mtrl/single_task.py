@@ -35,8 +35,8 @@ from tqdm import tqdm
 
 from mtrl.config import TrainConfig, dump_yaml
 from mtrl.evaluate import evaluate
-from mtrl.logger import EpisodeLog
-from mtrl.rundir import Interrupted, prepare_run_dir, record_final_success, stop_on_signals, update_meta
+from mtrl.runs.rundir import Interrupted, prepare_run_dir, record_final_success, stop_on_signals, update_meta
+from mtrl.runs.tensorboard import EpisodeLog
 from mtrl.utils import pick_device
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ def train_single_task(
     :param name_prefix: ``{benchmark}__single_task``: an empty ``run_name`` becomes ``{name_prefix}__s{seed}__{time}``.
     :param command: the command line, written to ``command.txt``.
     :param progress: show a progress bar with steps/s.
-    :returns: the run directory. SIGINT / SIGTERM save the models and raise :class:`~mtrl.rundir.Interrupted`.
+    :returns: the run directory. SIGINT / SIGTERM save the models and raise :class:`~mtrl.runs.rundir.Interrupted`.
     """
     device = pick_device(cfg.device)
     k, names = env.num_tasks, env.task_names

@@ -224,7 +224,7 @@ def _validated(where: str, items: dict[str, str], base_cfg: TrainConfig) -> tupl
 def checkpoint_step(run: Path) -> int | None:
     """The step of a run directory's last checkpoint, or None without a readable one (single_task runs: the
     ``final_step`` of meta.yaml, written with their model zips)."""
-    from mtrl import checkpoint
+    from mtrl.runs import checkpoint
 
     unit = checkpoint.latest(run)
     if unit is not None:

@@ -19,18 +19,17 @@ import yaml
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from mtrl import checkpoint
-from mtrl.agents.mtsac import MTSAC, Combiners
+from mtrl.agents.build import build_combiners, make_agent
 from mtrl.buffers import MultiTaskReplay
-from mtrl.checkpoint import CheckpointError
 from mtrl.config import ConfigError, TrainConfig, combiner_name, dump_yaml, from_flat, to_flat
 from mtrl.envs import benchmark_kind, benchmark_label, benchmark_num_tasks, eval_seed, make_env
 from mtrl.envs.base import custom_tasks
 from mtrl.envs.gl import ensure_gl_backend
 from mtrl.evaluate import AsyncEvaluator, EvalResult, evaluate
-from mtrl.logger import EpisodeLog, add_gif
-from mtrl.mto.mean import MeanConfig
-from mtrl.rundir import (
+from mtrl.runs import checkpoint
+from mtrl.runs.checkpoint import CheckpointError
+from mtrl.runs.restore import first_line
+from mtrl.runs.rundir import (
     Interrupted,
     check_output_dir,
     prepare_run_dir,
@@ -38,6 +37,7 @@ from mtrl.rundir import (
     stop_on_signals,
     update_meta,
 )
+from mtrl.runs.tensorboard import EpisodeLog, add_gif
 from mtrl.utils import keep_freed_memory, pick_device, set_matmul_precision
 from mtrl.video import frames_for_tensorboard
 
@@ -149,31 +149,6 @@ def _check_benchmark(cfg: TrainConfig) -> int:
     return benchmark_num_tasks(bench, cfg.env.toy_tasks)
 
 
-def build_combiners(cfg: TrainConfig, num_tasks: int) -> Combiners:
-    """The combiner instance of each part: ``cfg.combiner`` where ``combine_<part>`` is set, else ``mean``; seeded
-    ``seed * 1000 + (1, 2, 3)``. The combiner checks its options against K and the parts it is applied to
-    (``check``); its one-line complaint becomes a :class:`ConfigError`."""
-    parts = {"critic": cfg.combine_critic, "actor": cfg.combine_actor, "alpha": cfg.combine_alpha}
-    try:
-        cfg.combiner.check(num_tasks, frozenset(part for part, on in parts.items() if on))
-        return Combiners(
-            *(
-                (cfg.combiner if on else MeanConfig()).build(num_tasks, seed=cfg.seed * 1000 + offset)
-                for offset, on in enumerate(parts.values(), start=1)
-            )
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def make_agent(cfg: TrainConfig, obs_dim: int, act_dim: int, num_tasks: int, device: torch.device) -> MTSAC:
-    """The MT-SAC agent of a config: its :class:`~mtrl.config.AgentConfig` and its built combiners."""
-    return MTSAC(
-        obs_dim, act_dim, num_tasks, cfg.agent, build_combiners(cfg, num_tasks), device,
-        seed=cfg.seed, stratified=cfg.buffer.kind == "stratified",
-    )  # fmt: skip
-
-
 def eval_mode(cfg: TrainConfig) -> Literal["sync", "async"]:
     """``cfg.eval_mode`` with ``auto`` resolved: async on Meta-World benchmarks with at least 4 CPU cores, else sync."""
     if cfg.eval_mode != "auto":
@@ -197,10 +172,6 @@ def _resume_state(run: Path, cfg: TrainConfig) -> tuple[dict[str, Any], dict[str
             f"expected at least {state['step']}"
         )
     return state, checkpoint.load_buffer(state_file, state["step"])
-
-
-def _first_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split("\n")[0].split())[:300]
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -256,7 +227,7 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
                 buffer.load_state_dict(buffer_state)
             except (RuntimeError, ValueError, KeyError) as exc:
                 raise CheckpointError(
-                    f"checkpoint: '{checkpoint.latest(run)}' does not fit the run's config ({_first_line(exc)})"
+                    f"checkpoint: '{checkpoint.latest(run)}' does not fit the run's config ({first_line(exc)})"
                 ) from None
             rng.bit_generator.state = state["numpy_rng"]
             torch.set_rng_state(state["torch_rng"])
@@ -390,25 +361,9 @@ def _close_all(evaluator: AsyncEvaluator | None, bar: tqdm, writer: SummaryWrite
             e.close()
 
 
-def restore(path: str | Path, device: torch.device | str = "cpu") -> tuple[TrainConfig, MTSAC, dict[str, Any]]:
-    """Rebuild the agent of a checkpoint (a run directory, a checkpoint folder or its checkpoint.pt):
-    ``(config, agent, raw state)``."""
-    state = checkpoint.load(path)
-    cfg = from_flat(state["config"])
-    agent = make_agent(cfg, state["obs_dim"], state["act_dim"], len(state["task_names"]), torch.device(device))
-    try:
-        agent.load_state_dict(state["agent"])
-    except (RuntimeError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint: '{path}' does not fit its own config ({_first_line(exc)})") from None
-    return cfg, agent, state
-
-
 __all__ = [
     "Interrupted",
-    "build_combiners",
     "check_config",
     "eval_mode",
-    "make_agent",
-    "restore",
     "train",
 ]

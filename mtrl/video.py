@@ -46,7 +46,7 @@ def record_checkpoint(
     from mtrl.config import ConfigError
     from mtrl.envs import eval_seed, make_env
     from mtrl.envs.gl import ensure_gl_backend
-    from mtrl.train import restore
+    from mtrl.runs.restore import restore
 
     ensure_gl_backend()
     cfg, agent, state = restore(path, "cpu")

@@ -57,7 +57,7 @@ def _command(run: Path, total: int) -> list[str]:
 
 def check_run(run: Path) -> list[str]:
     """Problems with the run directory's checkpoints (empty list: consistent)."""
-    from mtrl import checkpoint
+    from mtrl.runs import checkpoint
 
     problems: list[str] = []
     folder = run / checkpoint.CHECKPOINTS
@@ -89,7 +89,7 @@ def check_logs(run: Path, total: int) -> list[str]:
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from mtrl.compare import read_scalars
+    from mtrl.runs.scalars import read_scalars
 
     problems: list[str] = []
     logging.getLogger("tensorboard").setLevel(logging.ERROR)  # its note on each purge mark it applies
@@ -144,7 +144,7 @@ def run_harness(n: int, seed: int = 0, workdir: Path | None = None, max_delay: f
                 except subprocess.TimeoutExpired:
                     proc.send_signal(signal.SIGKILL)
                 proc.wait()
-        from mtrl import checkpoint
+        from mtrl.runs import checkpoint
 
         unit = checkpoint.latest(run) if run.is_dir() else None
         at = f"newest checkpoint at step {checkpoint.load(unit)['step']}" if unit else "no checkpoint yet"
@@ -154,7 +154,7 @@ def run_harness(n: int, seed: int = 0, workdir: Path | None = None, max_delay: f
         ok = not problems
         passed, failed = passed + ok, failed + (not ok)
         print(f"case {case + 1:2d}: SIGKILL {how}: {at}: " + ("ok" if ok else "FAILED: " + "; ".join(problems)))
-    from mtrl import checkpoint
+    from mtrl.runs import checkpoint
 
     unit = checkpoint.latest(run) if run.is_dir() else None
     total = (checkpoint.load(unit)["step"] if unit else 0) + 300

@@ -52,7 +52,7 @@ def _child(items: dict[str, Any]) -> None:
 
 
 def _done(run: Path, total: int) -> bool:
-    from mtrl import checkpoint
+    from mtrl.runs import checkpoint
 
     unit = checkpoint.latest(run) if run.is_dir() else None
     return unit is not None and checkpoint.load(unit)["step"] >= total
@@ -70,7 +70,7 @@ def main() -> int:
     if args.child:
         _child(json.loads(args.child))
         return 0
-    from mtrl.compare import FINAL_WINDOW, final_success, read_scalars
+    from mtrl.runs.scalars import FINAL_WINDOW, final_success, read_scalars
 
     curves: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]] = {}
     walls: dict[str, float] = {}

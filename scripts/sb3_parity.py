@@ -189,10 +189,10 @@ def settings_table(task: str, args: argparse.Namespace) -> list[tuple[str, str, 
     from stable_baselines3.sac import policies as sb3_policies
 
     from mtrl import nets
+    from mtrl.agents.build import make_agent
     from mtrl.config import from_flat
     from mtrl.envs import make_env
     from mtrl.single_task import make_model
-    from mtrl.train import make_agent
 
     cfg = {a: from_flat(overrides(RunSpec(task, a, 1), args)) for a in AGENTS}
     env = make_env(cfg["mtsac"].env, 1)
@@ -271,8 +271,8 @@ def is_complete(run: Path, items: dict[str, Any]) -> bool:
     """Whether ``run`` holds a finished run of exactly this config (its final evaluation logged)."""
     import yaml
 
-    from mtrl.compare import SUCCESS_TAG, read_scalars
     from mtrl.config import from_flat, to_flat
+    from mtrl.runs.scalars import SUCCESS_TAG, read_scalars
 
     if not (run / "config.yaml").is_file():
         return False
@@ -348,7 +348,7 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
 
 def read_curve(run: Path) -> dict[int, float]:
     """``eval/success_rate`` of a run by step (empty when the run has none)."""
-    from mtrl.compare import SUCCESS_TAG, read_scalars
+    from mtrl.runs.scalars import SUCCESS_TAG, read_scalars
 
     if not run.is_dir():
         return {}
@@ -373,7 +373,7 @@ def report(args: argparse.Namespace) -> None:
     """Per task the curves side by side, then final success per task and the wall-clock of every run."""
     import numpy as np
 
-    from mtrl.compare import final_rule, final_success
+    from mtrl.runs.scalars import final_rule, final_success
 
     seeds = list(range(1, args.seeds + 1))
     summary: list[list[str]] = []

@@ -12,11 +12,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from toyruns import TINY
 
-from mtrl.compare import read_scalars
 from mtrl.config import AgentConfig, EnvConfig, NetConfig, from_flat
 from mtrl.envs import make_env
 from mtrl.evaluate import AsyncEvaluator, EvalWorkerError, evaluate
 from mtrl.nets import Actor
+from mtrl.runs.scalars import read_scalars
 from mtrl.train import eval_mode, train
 
 ENV = EnvConfig(max_episode_steps=20)

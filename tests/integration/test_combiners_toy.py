@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from mtrl.compare import read_scalars
 from mtrl.config import from_flat
 from mtrl.mto import COMBINERS
+from mtrl.runs.scalars import read_scalars
 from mtrl.train import train
 
 TINY = {

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from toyruns import TINY
 
-from mtrl import checkpoint
 from mtrl.cli import main
 from mtrl.config import from_flat
+from mtrl.runs import checkpoint
 from mtrl.train import train
 
 ROOT = Path(__file__).parents[2]

@@ -13,10 +13,11 @@ import pytest
 import torch
 from toyruns import TINY
 
-from mtrl import checkpoint
 from mtrl.config import from_flat
 from mtrl.evaluate import evaluate_checkpoint
-from mtrl.train import restore, train
+from mtrl.runs import checkpoint
+from mtrl.runs.restore import restore
+from mtrl.train import train
 from mtrl.utils import set_generator_state
 
 PHILOX = torch.tensor([7, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0], dtype=torch.uint8)  # CUDA: seed, offset

@@ -10,7 +10,7 @@ import torch
 import yaml
 from tbparse import SummaryReader
 
-from mtrl import checkpoint
+from mtrl.runs import checkpoint
 from mtrl.sweep import cli, load_spec, weight_vectors
 from mtrl.train import train
 

@@ -10,10 +10,11 @@ import yaml
 from tbparse import SummaryReader
 from toyruns import TINY
 
-from mtrl import checkpoint
 from mtrl.cli import main
 from mtrl.config import from_flat
-from mtrl.train import restore, train
+from mtrl.runs import checkpoint
+from mtrl.runs.restore import restore
+from mtrl.train import train
 
 
 def tiny(tmp_path: Path, **extra) -> object:

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from mtrl.agents.build import make_agent
 from mtrl.agents.mtsac import MTSAC
 from mtrl.buffers import ReplayBatch
 from mtrl.config import from_flat
-from mtrl.train import make_agent
 
 K, M, OBS, ACT = 3, 4, 5, 2
 

@@ -15,14 +15,13 @@ from mtrl.compare import (
     bootstrap_ci,
     cli,
     compare,
-    final_success,
     iqm,
     load_run,
     method_labels,
     probability_of_improvement,
-    read_scalars,
-    write_hparams,
 )
+from mtrl.runs.scalars import final_success, read_scalars
+from mtrl.runs.tensorboard import write_hparams
 
 TASKS = ("reach-v3", "push-v3")
 BASE_CONFIG: dict[str, Any] = {

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from mtrl.agents.build import make_agent
 from mtrl.buffers import MultiTaskReplay
 from mtrl.config import from_flat
 from mtrl.mto import COMBINERS
 from mtrl.mto.base import NonFiniteError
 from mtrl.mto.grads import per_task_grads
-from mtrl.train import check_config, make_agent
+from mtrl.train import check_config
 
 pytestmark = pytest.mark.device
 K, OBS, ACT, BATCH = 4, 7, 3, 32

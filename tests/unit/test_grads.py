@@ -3,12 +3,12 @@
 import pytest
 import torch
 
+from mtrl.agents.build import make_agent
 from mtrl.buffers import ReplayBatch
 from mtrl.config import from_flat
 from mtrl.mto.base import Combiner, NonFiniteError
 from mtrl.mto.grads import combine_backward, per_task_grads, task_mean
 from mtrl.mto.mean import Mean
-from mtrl.train import make_agent
 
 K, M, OBS, ACT = 4, 8, 6, 3
 

@@ -5,10 +5,11 @@ alternating schedule, the evaluation worker's actor)."""
 import pytest
 import torch
 
+from mtrl.agents.build import make_agent
 from mtrl.buffers import ReplayBatch
 from mtrl.config import NetConfig, from_flat
 from mtrl.nets import Actor, TwinQ
-from mtrl.train import check_config, make_agent
+from mtrl.train import check_config
 
 K, M, OBS, ACT = 3, 8, 6, 2
 

@@ -8,10 +8,10 @@ from stable_baselines3 import SAC
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
+from mtrl.agents.build import make_agent
 from mtrl.agents.mtsac import MTSAC
 from mtrl.buffers import ReplayBatch
 from mtrl.config import from_flat
-from mtrl.train import make_agent
 
 OBS, ACT, HIDDEN, B = 5, 3, 32, 64
 

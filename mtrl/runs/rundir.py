@@ -24,10 +24,10 @@ from types import FrameType
 from typing import Any
 
 import yaml
+from mtrl.runs.tensorboard import write_hparams
 
-from mtrl import checkpoint
+from mtrl.runs import checkpoint
 from mtrl.config import ConfigError, TrainConfig, dump_yaml, to_flat
-from mtrl.logger import write_hparams
 
 
 class Interrupted(Exception):
@@ -188,7 +188,7 @@ def record_final_success(run: Path, cfg: TrainConfig) -> float | None:
     in the last 10% of the steps, never the max over training), from its event files (a resumed run's evaluations
     before the resume count too); written to ``meta.yaml`` and as the TensorBoard HParams metric. None without
     evaluations."""
-    from mtrl.compare import SUCCESS_TAG, final_success, read_scalars
+    from mtrl.runs.scalars import SUCCESS_TAG, final_success, read_scalars
 
     curve = read_scalars(run, keep=lambda tag: tag == SUCCESS_TAG)
     if curve.empty:
@@ -201,7 +201,7 @@ def record_final_success(run: Path, cfg: TrainConfig) -> float | None:
 
 def main_message(run: Path) -> str:
     """What ``mtrl train`` prints at the end: the final success and where everything went."""
-    from mtrl.compare import final_rule
+    from mtrl.runs.scalars import final_rule
 
     meta = yaml.safe_load((run / "meta.yaml").read_text()) or {}
     final = meta.get("final_success")
