@@ -13,7 +13,7 @@ Three parts, each printed as a table and written together as JSON:
 Every part runs in each ``--precisions`` (``agent.precision``: fp32, bf16, tf32 on CUDA) side by side, and the
 machine's matmul kernels (AVX2, AVX-512, AVX512-BF16, AMX; CUDA capability) are printed with the results.
 - **train** (``--train``): the real loop (:func:`mtrl.train.train`: collect, add, sample, update, log) on Meta-World
-  for a few hundred steps after warm-up, median of its logged ``charts/sps``.
+  for a few hundred steps after warm-up, median of its logged ``train/sps``.
 """
 
 from __future__ import annotations
@@ -229,9 +229,10 @@ def training(
     threads: int,
     done: Callable[[dict[str, Any]], None] = lambda out: None,
 ) -> dict[str, Any]:
-    """Vector steps/s of the real training loop (median of ``charts/sps`` after warm-up) per benchmark, env vector
+    """Vector steps/s of the real training loop (median of ``train/sps`` after warm-up) per benchmark, env vector
     strategy, precision and combiner: ``{bench: {"sync/fp32/mean": steps_per_s, ...}}``; ``done(out)`` after each."""
     from mtrl.runs.scalars import read_scalars
+    from mtrl.runs.tensorboard import SPS
     from mtrl.train import train
 
     warmup = 200
@@ -253,7 +254,7 @@ def training(
                         }  # fmt: skip
                         run = train(from_flat(items), progress=True)
                         df = read_scalars(run)
-                        sps = df[(df.tag == "charts/sps") & (df.step > warmup + 50)].value
+                        sps = df[(df.tag == SPS) & (df.step > warmup + 50)].value
                         out.setdefault(bench, {})[key] = float(np.median(sps))
                         done(out)
     return out

@@ -280,6 +280,23 @@ def _primitive_spec(info: PrimitiveTypeInfo) -> PrimitiveConstructorSpec | None:
     return None
 
 
+BOOKKEEPING_KEYS: frozenset[str] = frozenset(
+    {
+        "run_name",
+        "run_dir",
+        "device",
+        "threads",
+        "log_interval",
+        "checkpoint_interval",
+        "video_interval",
+        "eval_mode",
+        "env.vector_strategy",
+    }
+)
+"""Flat config keys that change neither the experiment nor its result: where a run is kept, the hardware it runs
+on, how often it logs, checkpoints and films. They define no method (``mtrl compare``) and are left out of the
+TensorBoard HParams."""
+
 _MARKERS = (tyro.conf.FlagConversionOff, tyro.conf.CascadeSubcommandArgs)
 
 REGISTRY = ConstructorRegistry()

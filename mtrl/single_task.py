@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from mtrl.config import TrainConfig, dump_yaml
 from mtrl.evaluate import evaluate
+from mtrl.runs import tensorboard as tb
 from mtrl.runs.rundir import Interrupted, prepare_run_dir, record_final_success, stop_on_signals, update_meta
 from mtrl.runs.tensorboard import EpisodeLog
 from mtrl.utils import pick_device
@@ -127,7 +128,7 @@ def _train_logs(models: list[SAC], names: list[str]) -> dict[str, float]:
     """The latest SB3 training scalars as our TensorBoard keys: losses averaged over tasks, alpha per task."""
     values = [m.logger.name_to_value for m in models]
     logs = {ours: float(np.mean([v[sb3] for v in values])) for sb3, ours in LOSS_KEYS.items()}
-    logs.update({f"alpha/{name}": float(v["train/ent_coef"]) for name, v in zip(names, values)})
+    logs.update({f"{tb.ALPHA}/{name}": float(v["train/ent_coef"]) for name, v in zip(names, values)})
     return logs
 
 
@@ -193,16 +194,16 @@ def train_single_task(
             done = step + 1
             if done % cfg.log_interval == 0 and trained:
                 now = time.perf_counter()
-                writer.add_scalar("charts/sps", (done - step_log) / (now - t_log), done)
+                writer.add_scalar(tb.SPS, (done - step_log) / (now - t_log), done)
                 t_log, step_log = now, done
                 for key, value in _train_logs(models, names).items():
                     writer.add_scalar(key, value, done)
             if (cfg.eval_interval and done % cfg.eval_interval == 0) or done == cfg.total_steps:
                 result = evaluate(lambda o: act(o, True), eval_env, cfg.eval_episodes, seed=eval_seed)
-                writer.add_scalar("eval/success_rate", result.mean, done)
+                writer.add_scalar(tb.SUCCESS, result.mean, done)
                 for name, rate, rets in zip(names, result.per_task, result.returns):
-                    writer.add_scalar(f"eval/success_rate/{name}", float(rate), done)
-                    writer.add_scalar(f"eval/return/{name}", float(rets.mean()), done)
+                    writer.add_scalar(f"{tb.SUCCESS}/{name}", float(rate), done)
+                    writer.add_scalar(f"{tb.RETURN}/{name}", float(rets.mean()), done)
                 bar.set_postfix(success=f"{result.mean:.2f}")
             if done % cfg.checkpoint_interval == 0 or done == cfg.total_steps or stop:
                 save(done)

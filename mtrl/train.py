@@ -27,6 +27,7 @@ from mtrl.envs.base import custom_tasks
 from mtrl.envs.gl import ensure_gl_backend
 from mtrl.evaluate import AsyncEvaluator, EvalResult, evaluate
 from mtrl.runs import checkpoint
+from mtrl.runs import tensorboard as tb
 from mtrl.runs.checkpoint import CheckpointError
 from mtrl.runs.restore import first_line
 from mtrl.runs.rundir import (
@@ -278,10 +279,10 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
         return agent.act(obs, deterministic=True)
 
     def log_eval(step: int, result: EvalResult) -> None:
-        writer.add_scalar("eval/success_rate", result.mean, step)
+        writer.add_scalar(tb.SUCCESS, result.mean, step)
         for name, rate, rets in zip(env.task_names, result.per_task, result.returns):
-            writer.add_scalar(f"eval/success_rate/{name}", float(rate), step)
-            writer.add_scalar(f"eval/return/{name}", float(rets.mean()), step)
+            writer.add_scalar(f"{tb.SUCCESS}/{name}", float(rate), step)
+            writer.add_scalar(f"{tb.RETURN}/{name}", float(rets.mean()), step)
         bar.set_postfix(success=f"{result.mean:.2f}")
 
     with contextlib.ExitStack() as stack:
@@ -315,7 +316,7 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
                     log_eval(done, evaluate(greedy, eval_env, cfg.eval_episodes, seed=eval_seed(cfg.seed)))
                 evals_done += 1
                 if video_env is not None and evals_done % cfg.video_interval == 0:  # always in-process
-                    add_gif(writer, "eval/video", frames_for_tensorboard(greedy, video_env), done)
+                    add_gif(writer, tb.VIDEO, frames_for_tensorboard(greedy, video_env), done)
             if evaluator is not None:
                 for at, result in evaluator.poll():
                     log_eval(at, result)
@@ -341,13 +342,14 @@ def _name_prefix(cfg: TrainConfig, num_tasks: int) -> str:
 def _write_logs(writer: SummaryWriter, logs: dict[str, torch.Tensor], names: list[str], sps: float, step: int) -> None:
     """The training scalars of one log step: steps/s, losses, temperatures and combiner stats (per task where a value
     has one entry per task)."""
-    writer.add_scalar("charts/sps", sps, step)
+    writer.add_scalar(tb.SPS, sps, step)
     for key, value in logs.items():
         if value.numel() == 1 and key != "alpha":
             writer.add_scalar(key, float(value), step)
         else:  # one value per task (per-task alpha, combiner task weights)
+            tag = tb.ALPHA if key == "alpha" else key
             for name, v in zip(names if value.numel() == len(names) else ["shared"], value.tolist()):
-                writer.add_scalar(f"{key}/{name}", v, step)
+                writer.add_scalar(f"{tag}/{name}", v, step)
 
 
 def _close_all(evaluator: AsyncEvaluator | None, bar: tqdm, writer: SummaryWriter, envs: tuple[Any, ...]) -> None:

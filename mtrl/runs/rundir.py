@@ -24,7 +24,7 @@ from types import FrameType
 from typing import Any
 
 import yaml
-from mtrl.runs.tensorboard import write_hparams
+from mtrl.runs.tensorboard import SUCCESS, write_hparams
 
 from mtrl.runs import checkpoint
 from mtrl.config import ConfigError, TrainConfig, dump_yaml, to_flat
@@ -188,9 +188,9 @@ def record_final_success(run: Path, cfg: TrainConfig) -> float | None:
     in the last 10% of the steps, never the max over training), from its event files (a resumed run's evaluations
     before the resume count too); written to ``meta.yaml`` and as the TensorBoard HParams metric. None without
     evaluations."""
-    from mtrl.runs.scalars import SUCCESS_TAG, final_success, read_scalars
+    from mtrl.runs.scalars import final_success, read_scalars
 
-    curve = read_scalars(run, keep=lambda tag: tag == SUCCESS_TAG)
+    curve = read_scalars(run, keep=lambda tag: tag == SUCCESS)
     if curve.empty:
         return None
     value = final_success(curve["step"].to_numpy(), curve["value"].to_numpy(), cfg.total_steps)

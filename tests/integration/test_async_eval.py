@@ -40,15 +40,15 @@ def test_async_eval_logs_the_same_values_at_the_same_steps_as_sync(tmp_path):
     assert [image.step for image in events.Images("eval/video")] == [300]  # every second evaluation
 
     def evals(df):
-        return df[df.tag.str.startswith(("eval/", "hparams/"))].reset_index(drop=True)
+        return df[df.tag.str.startswith(("eval/", "eval_return/"))].reset_index(drop=True)
 
     expected = evals(sync)
     assert sorted(set(expected.step)) == [150, 300]
-    assert {"eval/success_rate", "eval/return/reach-3", "hparams/final_success"} <= set(expected.tag)
-    returns = expected[expected.tag == "eval/return/reach-0"].value.to_numpy()
+    assert {"eval/success_rate", "eval_return/reach-3", "eval/final_success"} <= set(expected.tag)
+    returns = expected[expected.tag == "eval_return/reach-0"].value.to_numpy()
     assert returns[0] != returns[1]  # the two snapshots act differently: a mixed-up snapshot would show
     final = expected[expected.tag == "eval/success_rate"].value.to_numpy()[-1]
-    assert expected[expected.tag == "hparams/final_success"].value.item() == final
+    assert expected[expected.tag == "eval/final_success"].value.item() == final
     assert evals(asynchronous).equals(expected)
     critic = sync[sync.tag == "losses/critic"].reset_index(drop=True)  # training itself is untouched
     assert asynchronous[asynchronous.tag == "losses/critic"].reset_index(drop=True).equals(critic)

@@ -49,7 +49,7 @@ def test_single_task_run_writes_the_mtsac_layout_and_keys(st_run, tmp_path):
     mt_run = train(from_flat({**TINY, "run_dir": str(tmp_path), "run_name": "mt"}), progress=False)
     mt_tags = {t for t in scalars(mt_run).tag if not t.startswith("mto/")} - MTSAC_ONLY
     assert set(scalars(st_run).tag) == mt_tags
-    assert {"losses/critic", "alpha/reach-1", "eval/return/reach-0", "hparams/final_success"} <= mt_tags
+    assert {"losses/critic", "train/alpha/reach-1", "eval_return/reach-0", "eval/final_success"} <= mt_tags
 
     model = SAC.load(st_run / "single_task" / "reach-1.zip", device="cpu")
     action, _ = model.predict(np.zeros(2, dtype=np.float32), deterministic=True)
@@ -59,7 +59,7 @@ def test_single_task_run_writes_the_mtsac_layout_and_keys(st_run, tmp_path):
 def test_same_seed_gives_identical_eval_success(st_run, tmp_path):
     again = train(tiny(tmp_path, "again"), progress=False)
     a, b = scalars(st_run), scalars(again)
-    for tag in ("eval/success_rate", "eval/return/reach-0", "losses/critic"):
+    for tag in ("eval/success_rate", "eval_return/reach-0", "losses/critic"):
         va, vb = a[a.tag == tag].value.to_numpy(), b[b.tag == tag].value.to_numpy()
         assert len(va) > 0 and np.array_equal(va, vb), tag
 

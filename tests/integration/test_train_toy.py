@@ -34,8 +34,8 @@ def test_train_writes_events_config_checkpoint_and_meta(tmp_path):
     assert unit.name == "step_0000000300" and {p.name for p in unit.iterdir()} == {"checkpoint.pt", "buffer.pt"}
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_0000000200", "step_0000000300"]
     tags = set(scalars(run).tag)
-    assert {"eval/success_rate", "charts/sps", "losses/critic", "losses/actor", "losses/alpha"} <= tags
-    assert {"eval/success_rate/reach-0", "eval/return/reach-3", "alpha/reach-0"} <= tags
+    assert {"eval/success_rate", "train/sps", "losses/critic", "losses/actor", "losses/alpha"} <= tags
+    assert {"eval/success_rate/reach-0", "eval_return/reach-3", "train/alpha/reach-0"} <= tags
     meta = yaml.safe_load((run / "meta.yaml").read_text())
     assert meta["final_step"] == 300 and "torch" in meta["versions"] and "git_dirty" in meta
     assert from_flat(yaml.safe_load((run / "config.yaml").read_text())).total_steps == 300
@@ -125,7 +125,7 @@ def test_evaluate_command_scores_the_training_goals_as_the_training_loop_does(tm
     logged = {
         tag.split("/")[-1]: float(df[(df.tag == tag) & (df.step == 300)].value.iloc[0])
         for tag in df.tag.unique()
-        if tag.startswith("eval/return/")
+        if tag.startswith("eval_return/")
     }
     assert main(["evaluate", str(run)]) == 0  # same goals, simulator seed and episodes as the loop's evaluation
     out = capsys.readouterr().out

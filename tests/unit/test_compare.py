@@ -64,7 +64,7 @@ def make_run(
     (run / "meta.yaml").write_text(yaml.safe_dump({"git_commit": "abc", "wall_clock_s": wall_clock_s}))
     with SummaryWriter(log_dir=str(run)) as w:
         for step in range(0, 500, 50):
-            w.add_scalar("charts/sps", sps, step)
+            w.add_scalar("train/sps", sps, step)
             w.add_scalar("losses/critic", 1.0, step)
         for i, value in enumerate(curve or []):
             step = 100 * (i + 1)
@@ -122,7 +122,7 @@ def test_read_scalars_matches_tbparse(tmp_path: Path) -> None:
     assert ours["tag"].tolist() == theirs["tag"].tolist()
     assert ours["step"].tolist() == theirs["step"].tolist()
     np.testing.assert_allclose(ours["value"].to_numpy(), theirs["value"].to_numpy(dtype=float))
-    assert set(read_scalars(run, keep=lambda t: t == "charts/sps")["tag"]) == {"charts/sps"}
+    assert set(read_scalars(run, keep=lambda t: t == "train/sps")["tag"]) == {"train/sps"}
 
 
 def test_read_scalars_resumed_and_truncated(tmp_path: Path) -> None:
@@ -308,7 +308,7 @@ def test_write_hparams_is_read_back_by_tbparse(tmp_path: Path) -> None:
     hp = dict(zip(reader.hparams["tag"], reader.hparams["value"], strict=True))
     assert hp == {"combiner": "pcgrad", "combiner.c": 0.4, "seed": 3.0, "agent.actor.layer_norm": True}
     scalars = reader.scalars
-    assert scalars[scalars["tag"] == "hparams/final_success"][["step", "value"]].values.tolist() == [[500, 0.75]]
+    assert scalars[scalars["tag"] == "eval/final_success"][["step", "value"]].values.tolist() == [[500, 0.75]]
     write_hparams(tmp_path, config, {"final_success": 0.5})  # replaces, does not accumulate
     assert len(list(tmp_path.glob("*.hparams"))) == 1
 
@@ -319,3 +319,13 @@ def test_compare_writes_missing_hparams(two_methods: Path, tmp_path: Path) -> No
     assert all(len(list(r.glob("*.hparams"))) == 1 for r in runs)
     again = compare([two_methods], out=tmp_path / "out", final_window=0.5, reps=50)
     assert [m.finals.tolist() for m in again.settings[0].methods] == [MEAN_FINALS, PCGRAD_FINALS]
+
+
+def test_steps_per_second_of_runs_written_by_earlier_versions_are_read(tmp_path: Path) -> None:
+    """Runs logged ``charts/sps`` before the Time Series reordering (now ``train/sps``); both are read."""
+    run = make_run(tmp_path, "old", [0.5], sps=0.0)
+    with SummaryWriter(log_dir=str(run)) as w:
+        for step in range(0, 500, 50):
+            w.add_scalar("charts/sps", 40.0, step)
+    assert load_run(make_run(tmp_path, "new", [0.5], sps=30.0)).sps == pytest.approx(30.0)
+    assert load_run(run).sps == pytest.approx(20.0)  # ten 0.0 (train/sps) and ten 40.0 (charts/sps)
