@@ -58,38 +58,43 @@ def _take(argv: list[str], name: str, *, value: bool) -> tuple[str | bool | None
     return found, rest
 
 
-def cmd_train(argv: list[str]) -> int:
-    from mtrl.runs.rundir import main_message
-    from mtrl.train import train
-
-    command = "mtrl train " + shlex.join(argv)
+def train_args(argv: list[str]) -> tuple[TrainConfig, Path | None, bool]:
+    """The ``mtrl train`` command line as ``(config, run directory to resume or None, show progress)``: defaults,
+    then ``--config``, then ``--KEY VALUE``; with ``--resume``, the run's own config.yaml (only total_steps may
+    change). Checks what the command line alone decides; :func:`mtrl.train.check_config` checks the config."""
     config, rest = _take(argv, "config", value=True)
     resume, rest = _take(rest, "resume", value=True)
     no_progress, rest = _take(rest, "no-progress", value=False)
     shorthands = {"agent": "agent.kind"}
     if "-h" in rest or "--help" in rest:
         parse(TrainConfig, rest, prog="mtrl train", description=TRAIN_DESCRIPTION, shorthands=shorthands)
-    run = None
-    if resume is not None:
-        if config is not None:
-            raise ConfigError("--resume: takes the run's own config.yaml; do not combine it with --config")
-        run = Path(str(resume))
-        if not (run / "config.yaml").is_file():
-            raise ConfigError(f"--resume: '{run}' is not a run directory (no config.yaml)")
-        saved = from_flat(load_yaml(run / "config.yaml"), where=f"--resume '{run}' config.yaml: ")
-        cfg = parse(TrainConfig, rest, default=saved, shorthands=shorthands)
-        before, after = to_flat(saved), to_flat(cfg)
-        changed = [k for k in after if after[k] != before.get(k) and k != "total_steps"]
-        if changed:
-            k = changed[0]
-            raise ConfigError(
-                f"--resume: {k} differs from the run's config.yaml (run: {before.get(k)!r}, given: {after[k]!r}); "
-                "only total_steps may change when resuming"
-            )
-    else:
+    if resume is None:
         base = load_preset(str(config)) if config is not None else None
-        cfg = parse(TrainConfig, rest, default=base, shorthands=shorthands)
-    out = train(cfg, run=run, command=command, progress=not no_progress)
+        return parse(TrainConfig, rest, default=base, shorthands=shorthands), None, not no_progress
+    if config is not None:
+        raise ConfigError("--resume: takes the run's own config.yaml; do not combine it with --config")
+    run = Path(str(resume))
+    if not (run / "config.yaml").is_file():
+        raise ConfigError(f"--resume: '{run}' is not a run directory (no config.yaml)")
+    saved = from_flat(load_yaml(run / "config.yaml"), where=f"--resume '{run}' config.yaml: ")
+    cfg = parse(TrainConfig, rest, default=saved, shorthands=shorthands)
+    before, after = to_flat(saved), to_flat(cfg)
+    changed = [k for k in after if after[k] != before.get(k) and k != "total_steps"]
+    if changed:
+        k = changed[0]
+        raise ConfigError(
+            f"--resume: {k} differs from the run's config.yaml (run: {before.get(k)!r}, given: {after[k]!r}); "
+            "only total_steps may change when resuming"
+        )
+    return cfg, run, not no_progress
+
+
+def cmd_train(argv: list[str]) -> int:
+    from mtrl.runs.rundir import main_message
+    from mtrl.train import train
+
+    cfg, run, progress = train_args(argv)
+    out = train(cfg, run=run, command="mtrl train " + shlex.join(argv), progress=progress)
     print(main_message(out))
     return 0
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -334,19 +335,60 @@ def import_ray() -> Any:
     return ray
 
 
-def run_ray(jobs: list[Job], address: str | None, finished: Callable[[Job, int], None]) -> None:
-    """Submit every job as a Ray task (``num_cpus`` = its threads); ``finished(job, exit_code)`` as they end."""
+def connect_ray(address: str) -> Any:
+    """Connect this process to the Ray cluster at ``address`` (``HOST:PORT`` of its head; empty: ``auto``, the
+    cluster started on this machine or named by ``RAY_ADDRESS``) and return the ``ray`` module.
+
+    An address that nothing answers on is refused at once (Ray itself would retry for minutes).
+
+    :raises SweepError: ray is not installed, or no cluster answers; one line.
+    """
     ray = import_ray()
-    ray.init(address=address or "auto")
+    if address and address != "auto":
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise SweepError(f"--address: got {address!r}, expected HOST:PORT of the Ray head (e.g. 10.0.0.1:6379)")
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except OSError as exc:
+            raise SweepError(
+                f"--address: no Ray cluster answers at {address!r} ({_first_line(exc)}); start one with "
+                "`ray start --head --port PORT` on the head machine"
+            ) from None
+    try:
+        ray.init(address=address or "auto", logging_level="WARNING", log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise SweepError(
+            f"--address: cannot connect to a Ray cluster at {address or 'auto'!r} ({_first_line(exc)})"
+        ) from None
+    return ray
+
+
+def run_ray(ray: Any, jobs: list[Job], finished: Callable[[Job, int], None]) -> None:
+    """Submit every job as a Ray task (``num_cpus`` = its threads) to the cluster ``ray`` is connected to
+    (:func:`connect_ray`); ``finished(job, exit_code)`` as they end.
+
+    Interrupted (Ctrl-C), the tasks still queued or running on the cluster are cancelled (their runs stop at once;
+    their last checkpoints let the next sweep resume them), and the driver disconnects.
+    """
     task = ray.remote(_execute)
     refs = {}
-    for job in jobs:
-        _open_log(job).close()
-        cpus = max(1, job.run.cfg.threads)
-        refs[task.options(num_cpus=cpus).remote(job.command[1:], str(job.log), os.getcwd())] = job
-    while refs:
-        (ref,), _ = ray.wait(list(refs), num_returns=1)
-        finished(refs.pop(ref), int(ray.get(ref)))
+    try:
+        for job in jobs:
+            _open_log(job).close()
+            cpus = max(1, job.run.cfg.threads)
+            refs[task.options(num_cpus=cpus).remote(job.command[1:], str(job.log), os.getcwd())] = job
+        while refs:
+            (ref,), _ = ray.wait(list(refs), num_returns=1)
+            finished(refs.pop(ref), int(ray.get(ref)))
+    finally:
+        for ref in refs:
+            ray.cancel(ref, force=True)
+        ray.shutdown()
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split("\n")[0].split())[:200]
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
@@ -394,8 +436,7 @@ def cli(argv: list[str]) -> int:
             raise SweepError("--address: only used with --backend ray")
         sweep = load_spec(args.spec, threads=max(1, _cpu_count() // args.workers))
         jobs = plan(sweep)
-        if args.backend == "ray" and not args.dry_run:
-            import_ray()
+        ray = connect_ray(args.address) if args.backend == "ray" and not args.dry_run else None
     except (SweepError, ConfigError) as exc:
         print(f"mtrl sweep: error: {exc}", file=sys.stderr)
         return 2
@@ -423,8 +464,8 @@ def cli(argv: list[str]) -> int:
             bar.write(f"{job.run.name}: failed with exit code {code}; see {job.log}", file=sys.stderr)
 
     try:
-        if args.backend == "ray":
-            run_ray(todo, args.address or None, finished)
+        if ray is not None:
+            run_ray(ray, todo, finished)
         else:
             run_local(todo, args.workers, finished)
     except KeyboardInterrupt:

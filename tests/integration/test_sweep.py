@@ -129,6 +129,20 @@ def test_missing_ray_gives_one_line_error(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "sweep").exists()
 
 
+def test_ray_address_that_nothing_answers_on_gives_one_line_error(tmp_path, capsys):
+    pytest.importorskip("ray")
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = str(write_spec(tmp_path))
+    err = _fail(capsys, [spec, "--backend", "ray", "--address", f"127.0.0.1:{port}"])
+    assert f"--address: no Ray cluster answers at '127.0.0.1:{port}'" in err
+    assert "--address: got 'nonsense'" in _fail(capsys, [spec, "--backend", "ray", "--address", "nonsense"])
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_weight_vectors_for_two_and_four_tasks():
     assert weight_vectors(2, steps=5) == [(1.0, 0.0), (0.75, 0.25), (0.5, 0.5), (0.25, 0.75), (0.0, 1.0)]
     four = weight_vectors(4, steps=3)
