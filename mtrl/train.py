@@ -246,7 +246,10 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
     saved_at = start
 
     def save(step: int) -> None:
+        """Checkpoint ``step``; never a non-finite state (on a GPU the finite checks are deferred to here and to log
+        steps, so a signal's save checks too)."""
         nonlocal saved_at
+        agent.check_finite()
         wall = wall_before + time.perf_counter() - t0
         state = {
             "wall_clock_s": wall,

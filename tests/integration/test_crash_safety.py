@@ -96,14 +96,75 @@ def test_signal_finishes_the_step_checkpoints_and_exits(tmp_path, sig, code):
     assert checkpoint.load(run)["step"] == step + 20
 
 
-def test_second_ctrl_c_aborts_at_once(tmp_path):
-    proc, run = _launch(tmp_path, "abort")
-    proc.send_signal(signal.SIGINT)
-    proc.send_signal(signal.SIGINT)
-    start = time.monotonic()
-    proc.communicate(timeout=60)
-    assert proc.returncode == 130 and time.monotonic() - start < 30
-    assert checkpoint.latest(run) is not None  # whatever happened, a complete checkpoint is there
+def _signal_at_update(monkeypatch, n: int, signals: list[int], before=None) -> None:
+    """Make update ``n`` of an in-process run send ``signals`` to this process (after ``before(agent, batch)``)."""
+    from mtrl.agents.mtsac import MTSAC
+
+    original = MTSAC.update
+    calls = {"n": 0}
+
+    def update(self, batch, noise=None):
+        calls["n"] += 1
+        if calls["n"] == n:
+            batch = before(self, batch) if before else batch
+            logs = original(self, batch, noise)
+            for sig in signals:
+                os.kill(os.getpid(), sig)
+            return logs
+        return original(self, batch, noise)
+
+    monkeypatch.setattr(MTSAC, "update", update)
+
+
+def _tiny_args(tmp_path: Path, name: str) -> list[str]:
+    return [f"--{k}={v}" for k, v in TINY.items()] + ["--run_dir", str(tmp_path), "--run_name", name, "--no-progress"]
+
+
+def test_one_ctrl_c_checkpoints_the_step_it_stops_at(tmp_path, capsys, monkeypatch):
+    """The contrast to the next test: update 30 (step 130, no periodic checkpoint) gets one SIGINT."""
+    _signal_at_update(monkeypatch, 30, [signal.SIGINT])
+    assert main(["train", *_tiny_args(tmp_path, "once")]) == 130
+    assert "stopped by SIGINT at step 130: checkpoint written" in capsys.readouterr().err
+    assert checkpoint.load(tmp_path / "once")["step"] == 130
+
+
+def test_second_ctrl_c_aborts_at_once_without_a_new_checkpoint(tmp_path, capsys, monkeypatch):
+    """Two SIGINTs inside update 30 (step 130): the first asks for a checkpoint at the end of the step, the second
+    aborts there, so the step is never finished nor checkpointed; the checkpoint of step 100 stays the newest."""
+    _signal_at_update(monkeypatch, 30, [signal.SIGINT, signal.SIGINT])
+    assert main(["train", *_tiny_args(tmp_path, "abort")]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1] == "mtrl train: interrupted" and "checkpoint written" not in err
+    run = tmp_path / "abort"
+    assert checkpoint.latest(run).name == checkpoint.unit_name(100)
+    assert checkpoint.load(run)["step"] == 100
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_DFL  # the handlers of before the run are back
+
+
+def test_a_signal_never_checkpoints_a_non_finite_state(tmp_path, capsys, monkeypatch):
+    """As on a GPU, where finite checks are deferred to log and checkpoint steps: a NaN reward in update 30 (step
+    130, no log or checkpoint step) and a SIGTERM in the same step. The save on the way out checks first: exit 1,
+    nothing written after the checkpoint of step 100."""
+    import torch
+
+    from mtrl.agents.mtsac import MTSAC
+
+    original_init = MTSAC.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        for part in self.parts.values():
+            part.combiner.defer_finite_checks = True  # what the agent sets on CUDA
+
+    def poison(agent, batch):
+        return batch._replace(rew=torch.full_like(batch.rew, float("nan")))
+
+    monkeypatch.setattr(MTSAC, "__init__", init)
+    _signal_at_update(monkeypatch, 30, [signal.SIGTERM], before=poison)
+    assert main(["train", *_tiny_args(tmp_path, "nan")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "non-finite" in err and "last good checkpoint is kept" in err
+    assert checkpoint.load(tmp_path / "nan")["step"] == 100
 
 
 @pytest.mark.parametrize(

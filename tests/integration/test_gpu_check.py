@@ -2,17 +2,20 @@
 before a GPU is at hand."""
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
+ENV = {**os.environ, "PYTHON": sys.executable}  # the interpreter running the suite, not python3 from PATH
 
 
 def test_gpu_check_tiny_runs_every_step_and_writes_the_table(tmp_path):
     out = tmp_path / "gc"
     res = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--tiny", "--out", str(out)],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=900, env=ENV,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
     result = json.loads((out / "gpu_check.json").read_text())
@@ -28,7 +31,7 @@ def test_gpu_check_time_limit_stops_the_running_step_and_still_writes_the_table(
     out = tmp_path / "gc"
     res = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--tiny", "--out", str(out), "--time-limit", "2"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env=ENV,
     )  # fmt: skip
     assert res.returncode == 1, res.stdout + res.stderr
     result = json.loads((out / "gpu_check.json").read_text())
