@@ -16,7 +16,7 @@ from typing import Literal
 
 import tyro
 
-from mtrl.config import ConfigError, TrainConfig, from_flat, load_preset, load_yaml, parse, to_flat
+from mtrl.config import ConfigError, TrainConfig, flatten, from_flat, load_preset, parse, read_mapping, to_flat
 
 TRAIN_DESCRIPTION = """Train multi-task SAC. With no arguments: the embedded default (4-task toy env, about a minute
 on a CPU).
@@ -74,9 +74,7 @@ def train_args(argv: list[str]) -> tuple[TrainConfig, Path | None, bool]:
     if config is not None:
         raise ConfigError("--resume: takes the run's own config.yaml; do not combine it with --config")
     run = Path(str(resume))
-    if not (run / "config.yaml").is_file():
-        raise ConfigError(f"--resume: '{run}' is not a run directory (no config.yaml)")
-    saved = from_flat(load_yaml(run / "config.yaml"), where=f"--resume '{run}' config.yaml: ")
+    saved = _run_config(run)
     cfg = parse(TrainConfig, rest, default=saved, shorthands=shorthands)
     before, after = to_flat(saved), to_flat(cfg)
     changed = [k for k in after if after[k] != before.get(k) and k != "total_steps"]
@@ -87,6 +85,33 @@ def train_args(argv: list[str]) -> tuple[TrainConfig, Path | None, bool]:
             "only total_steps may change when resuming"
         )
     return cfg, run, not no_progress
+
+
+def _run_config(run: Path) -> TrainConfig:
+    """The config of a run to resume: its config.yaml; when that is missing, the config its newest readable
+    checkpoint holds (said in one line; training writes config.yaml again)."""
+    from mtrl.runs import checkpoint
+
+    path = run / "config.yaml"
+    if path.exists() or path.is_symlink():
+        try:
+            return from_flat(flatten(read_mapping(path, "--resume")), where=f"--resume '{path}': ")
+        except ConfigError as exc:
+            hint = (
+                "; delete it and --resume takes the run's config from its checkpoint" if checkpoint.units(run) else ""
+            )
+            raise ConfigError(f"{exc}{hint}") from None
+    for unit in sorted(checkpoint.units(run), key=checkpoint.step_of, reverse=True):
+        try:
+            cfg = from_flat(checkpoint.load(unit)["config"])
+        except (checkpoint.CheckpointError, ConfigError):
+            continue
+        print(
+            f"mtrl train: {path} was missing; using the config of checkpoint {unit.name} (written again)",
+            file=sys.stderr,
+        )
+        return cfg
+    raise ConfigError(f"--resume: '{run}' is not a run directory (no config.yaml)")
 
 
 def cmd_train(argv: list[str]) -> int:

@@ -56,6 +56,7 @@ import yaml
 from tqdm import tqdm
 
 from mtrl.config import ConfigError, TrainConfig, flatten, from_flat, load_yaml, parse, read_mapping, to_flat
+from mtrl.runs.resume import had_checkpoints
 
 SPEC_KEYS = ("base", "set", "methods", "seeds", "weight_grid", "run_dir")
 GRID_KEYS = ("steps", "random", "seed")
@@ -223,16 +224,14 @@ def _validated(where: str, items: dict[str, str], base_cfg: TrainConfig) -> tupl
 
 
 def checkpoint_step(run: Path) -> int | None:
-    """The step of a run directory's last checkpoint, or None without a readable one (single_task runs: the
-    ``final_step`` of meta.yaml, written with their model zips)."""
-    from mtrl.runs import checkpoint
+    """The step of a run directory's newest checkpoint that can be read whole (a damaged newer one is passed over:
+    ``mtrl train --resume`` sets it aside), or None without one (single_task runs: the ``final_step`` of meta.yaml,
+    written with their model zips)."""
+    from mtrl.runs.resume import newest_step
 
-    unit = checkpoint.latest(run)
-    if unit is not None:
-        try:
-            return int(checkpoint.load(unit)["step"])
-        except (checkpoint.CheckpointError, KeyError, TypeError, ValueError):
-            return None
+    step = newest_step(run)
+    if step is not None:
+        return step
     if (run / "single_task").is_dir() and (run / "meta.yaml").is_file():
         meta = yaml.safe_load((run / "meta.yaml").read_text()) or {}
         return int(meta.get("final_step") or 0) or None
@@ -260,11 +259,14 @@ def plan(sweep: Sweep) -> list[Job]:
         path = sweep.run_dir / run.name
         step = checkpoint_step(path) if path.is_dir() else None
         total = run.cfg.total_steps
-        if step is not None:
+        # a run that had checkpoints but has none usable is resumed all the same: `mtrl train --resume` refuses it
+        # in one line (in its log) rather than the sweep training it again from step 0 over its logged curve
+        resumable = step is not None or (path.is_dir() and had_checkpoints(path))
+        if resumable:
             _check_same_config(run, path)
         if step is not None and step >= total:
             status = "done"
-        elif step is not None and run.cfg.agent.kind != "single_task":  # single_task runs cannot resume
+        elif resumable and run.cfg.agent.kind != "single_task":  # single_task runs cannot resume
             status = "resume"
         else:
             status = "restart" if path.exists() else "start"

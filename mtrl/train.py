@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +31,7 @@ from mtrl.runs import checkpoint
 from mtrl.runs import tensorboard as tb
 from mtrl.runs.checkpoint import CheckpointError
 from mtrl.runs.restore import first_line
+from mtrl.runs.resume import plan_resume
 from mtrl.runs.rundir import (
     Interrupted,
     check_output_dir,
@@ -160,21 +162,6 @@ def eval_mode(cfg: TrainConfig) -> Literal["sync", "async"]:
 # ------------------------------------------------------------------------------------------------ resuming
 
 
-def _resume_state(run: Path, cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """The validated (agent state, replay state) of a run's newest checkpoint, or None when it has none yet (killed
-    before its first checkpoint: it starts again from step 0). Reads only; raises one-line errors."""
-    if checkpoint.latest(run) is None:
-        return None
-    state_file = checkpoint.resolve(run)
-    state = checkpoint.load(state_file)
-    if cfg.total_steps < state["step"]:
-        raise ConfigError(
-            f"total_steps: got {cfg.total_steps}, but the checkpoint of '{run}' is at step {state['step']}; "
-            f"expected at least {state['step']}"
-        )
-    return state, checkpoint.load_buffer(state_file, state["step"])
-
-
 # ------------------------------------------------------------------------------------------------ the loop
 
 
@@ -220,24 +207,26 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
     if run is None:
         cfg, run = prepare_run_dir(cfg, _name_prefix(cfg, k), command)
     else:  # everything is read and checked before anything in the run directory changes
-        resumed = _resume_state(run, cfg)
-        if resumed is not None:
-            state, buffer_state = resumed  # CPU tensors: load_state_dict moves them to the device
+        plan = plan_resume(run, cfg)
+        if plan.state is not None:
+            state = plan.state  # CPU tensors: load_state_dict moves them to the device
             try:
                 agent.load_state_dict(state["agent"])
-                buffer.load_state_dict(buffer_state)
+                buffer.load_state_dict(plan.buffer or {})
             except (RuntimeError, ValueError, KeyError) as exc:
                 raise CheckpointError(
-                    f"checkpoint: '{checkpoint.latest(run)}' does not fit the run's config ({first_line(exc)})"
+                    f"checkpoint: '{plan.unit}' does not fit the run's config ({first_line(exc)})"
                 ) from None
             rng.bit_generator.state = state["numpy_rng"]
             torch.set_rng_state(state["torch_rng"])
             if device.type == "cuda" and "cuda_rng" in state:  # dropout on the GPU draws from it
                 torch.cuda.set_rng_state(state["cuda_rng"], device)
             start, wall_before = state["step"], state["wall_clock_s"]
-        checkpoint.clean_partial(run)
-        if from_flat(yaml.safe_load((run / "config.yaml").read_text())) != cfg:  # total_steps extended
-            checkpoint.write_text_atomic(run / "config.yaml", dump_yaml(cfg))
+        for note in plan.apply(run, cfg):  # recoveries, each said in one line
+            print(f"mtrl train: {note}", file=sys.stderr)
+        saved = run / "config.yaml"
+        if not saved.is_file() or from_flat(yaml.safe_load(saved.read_text())) != cfg:  # total_steps extended
+            checkpoint.write_text_atomic(saved, dump_yaml(cfg))
     # purge_step: TensorBoard (and mtrl compare) drop what an interrupted segment logged after its checkpoint; what
     # it logged at the checkpoint's step stays (logs and evaluations of a step are written before its checkpoint)
     writer = SummaryWriter(str(run), purge_step=start + 1 if resuming else None)

@@ -56,22 +56,26 @@ def compare(
     out = Path(out)
     set_apart: list[SetApart] = []
     runs: list[Run] = []
+    hints: dict[Path, str] = {}
     for run_dir in find_runs(paths):
         try:
             run = load_run(run_dir, final_window)
         except ValueError as exc:
-            warn(f"{run_dir}: {exc}; set apart")
             set_apart.append(SetApart(run_dir, str(exc)))
             continue
         total = run.config.get("total_steps")
         if not include_unfinished and isinstance(total, int) and run.steps[-1] < 0.95 * total:
             reason = f"unfinished: last evaluation at step {run.steps[-1]:,} of total_steps {total:,}"
-            warn(f"{run_dir}: {reason}; set apart (--include-unfinished keeps it)")
             set_apart.append(SetApart(run_dir, reason))
+            hints[run_dir] = " (--include-unfinished keeps it)"
             continue
         runs.append(run)
-    if not runs:
-        raise CompareError(f"none of the {len(set_apart)} runs can be compared (see the warnings above)")
+    if not runs:  # one line: the (first) reason, nothing else to say
+        first = set_apart[0]
+        more = f" (and {len(set_apart) - 1} more runs that cannot be compared)" if len(set_apart) > 1 else ""
+        raise CompareError(f"'{first.path}': {first.reason}{hints.get(first.path, '')}; nothing to compare{more}")
+    for apart in set_apart:
+        warn(f"{apart.path}: {apart.reason}; set apart{hints.get(apart.path, '')}")
 
     by_setting: dict[tuple[str, ...], list[Run]] = {}
     for run in runs:

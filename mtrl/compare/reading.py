@@ -41,7 +41,8 @@ class Run:
     n_final: int
     """Number of evaluations averaged into ``final``."""
     sps: float | None
-    """Mean of ``train/sps`` (``charts/sps`` in runs of earlier versions) (vector-env steps per second), None when not logged."""
+    """Mean of ``train/sps`` (vector-env steps per second; ``charts/sps`` in runs of earlier versions), None when
+    not logged."""
     wall_clock_s: float | None
     """Training seconds from meta.yaml, None when missing."""
     has_hparams: bool = False
@@ -99,11 +100,13 @@ def load_run(run_dir: str | Path, final_window: float = FINAL_WINDOW) -> Run:
     :raises ValueError: with a one-line reason when the run cannot be used (bad YAML, no evaluations).
     """
     path = Path(run_dir)
-    try:
-        config = _read_yaml(path / "config.yaml")
-        meta = _read_yaml(path / "meta.yaml")
-    except (yaml.YAMLError, ValueError) as exc:
-        raise ValueError(f"unreadable config.yaml/meta.yaml ({str(exc).splitlines()[0]})") from None
+    files = {}
+    for name in ("config.yaml", "meta.yaml"):
+        try:
+            files[name] = _read_yaml(path / name)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as exc:
+            raise ValueError(f"unreadable {name} ({' '.join(str(exc).split())[:120]})") from None
+    config, meta = files["config.yaml"], files["meta.yaml"]
     df = read_scalars(path, keep=lambda tag: tag.startswith(SUCCESS) or tag in (SPS, SPS_LEGACY))
     succ = df[df["tag"] == SUCCESS]
     if succ.empty:

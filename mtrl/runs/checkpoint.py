@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,9 @@ LATEST = "latest"
 KEEP = 2
 """Complete units kept after a save (the newest ones)."""
 _PREFIX = "step_"
-_TMP = ".tmp-"
+TMP = ".tmp-"
+DAMAGED = ".damaged"
+"""Suffix of a unit (or pointer) set aside because it could not be used (``step_0000000300.damaged``, ``-2``...)."""
 
 #: test hook for the crash harness (scripts/crash_harness.py): ``MTRL_CRASH_POINT=<phase>`` kills the process with
 #: SIGKILL at that phase of the next save: ``state`` (state file written), ``buffer`` (both written), ``rename`` (unit
@@ -60,15 +63,20 @@ def unit_name(step: int) -> str:
     return f"{_PREFIX}{step:010d}"
 
 
-def _step_of(unit: Path) -> int | None:
-    try:
-        return int(unit.name[len(_PREFIX) :]) if unit.name.startswith(_PREFIX) else None
-    except ValueError:
-        return None
+def step_of(unit: Path) -> int | None:
+    """The step in a unit's name (``step_0000004000`` -> 4000); None for any other name (``.damaged`` included)."""
+    digits = unit.name[len(_PREFIX) :]
+    return int(digits) if unit.name.startswith(_PREFIX) and digits.isdigit() else None
 
 
 def _complete(unit: Path) -> bool:
-    return unit.is_dir() and (unit / STATE).is_file() and (unit / BUFFER).is_file() and _step_of(unit) is not None
+    return unit.is_dir() and (unit / STATE).is_file() and (unit / BUFFER).is_file() and step_of(unit) is not None
+
+
+def units(run: Path) -> list[Path]:
+    """Every entry of a run's ``checkpoints/`` named like a unit (complete or not, folder or not)."""
+    folder = run / CHECKPOINTS
+    return [u for u in folder.iterdir() if step_of(u) is not None] if folder.is_dir() else []
 
 
 def _crash_point(phase: str) -> None:
@@ -95,7 +103,7 @@ def _save_file(obj: Any, path: Path) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
-    tmp = path.with_name(f"{_TMP}{path.name}")
+    tmp = path.with_name(f"{TMP}{path.name}")
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
@@ -107,7 +115,7 @@ def clean_partial(run: Path) -> None:
     """Remove the leftovers of interrupted saves (``checkpoints/.tmp-*``)."""
     folder = run / CHECKPOINTS
     if folder.is_dir():
-        for stale in folder.glob(f"{_TMP}*"):
+        for stale in folder.glob(f"{TMP}*"):
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
             else:
@@ -128,13 +136,16 @@ def save(run: Path, step: int, state: dict[str, Any], buffer_state: dict[str, An
     """
     folder = run / CHECKPOINTS
     final = folder / unit_name(step)
-    tmp = folder / f"{_TMP}{final.name}"
+    tmp = folder / f"{TMP}{final.name}"
     try:
         folder.mkdir(exist_ok=True)
         clean_partial(run)
         if _complete(final):  # this step is saved already (the loop never saves a step twice; be safe)
             write_text_atomic(folder / LATEST, final.name + "\n")
             return final
+        if final.exists() or final.is_symlink():  # an incomplete or damaged unit of this step: never let it block
+            aside = set_aside(final)
+            print(f"mtrl: checkpoint {final.name} was incomplete; set aside as {aside.name}", file=sys.stderr)
         tmp.mkdir()
         _save_file({**state, "step": step}, tmp / STATE)
         _crash_point("state")
@@ -150,14 +161,23 @@ def save(run: Path, step: int, state: dict[str, Any], buffer_state: dict[str, An
     except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest(run)
-        kept = f"the checkpoint at step {_step_of(previous)} is kept" if previous else "no earlier checkpoint exists"
+        kept = f"the checkpoint at step {step_of(previous)} is kept" if previous else "no earlier checkpoint exists"
         raise CheckpointWriteError(f"checkpoint: cannot write '{tmp}' ({_one_line(exc)}); {kept}") from None
     _prune(folder, final, keep)
     return final
 
 
+def set_aside(path: Path) -> Path:
+    """Rename ``path`` to ``<name>.damaged`` (``.damaged-2``, ... when taken); returns the new path."""
+    target, i = path.with_name(path.name + DAMAGED), 2
+    while target.exists() or target.is_symlink():
+        target, i = path.with_name(f"{path.name}{DAMAGED}-{i}"), i + 1
+    os.replace(path, target)
+    return target
+
+
 def _prune(folder: Path, current: Path, keep: int) -> None:
-    units = sorted((u for u in folder.iterdir() if _complete(u)), key=lambda u: _step_of(u) or 0, reverse=True)
+    units = sorted((u for u in folder.iterdir() if _complete(u)), key=lambda u: step_of(u) or 0, reverse=True)
     for old in units[keep:]:
         if old != current:
             shutil.rmtree(old, ignore_errors=True)
@@ -175,7 +195,7 @@ def latest(run: Path) -> Path | None:
     if not folder.is_dir():
         return None
     units = [u for u in folder.iterdir() if _complete(u)]
-    return max(units, key=lambda u: _step_of(u) or 0) if units else None
+    return max(units, key=lambda u: step_of(u) or 0) if units else None
 
 
 def resolve(path: str | Path) -> Path:

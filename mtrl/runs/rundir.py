@@ -24,10 +24,10 @@ from types import FrameType
 from typing import Any
 
 import yaml
-from mtrl.runs.tensorboard import SUCCESS, write_hparams
 
-from mtrl.runs import checkpoint
 from mtrl.config import ConfigError, TrainConfig, dump_yaml, to_flat
+from mtrl.runs import checkpoint
+from mtrl.runs.tensorboard import SUCCESS, write_hparams
 
 
 class Interrupted(Exception):

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 
-
 def _scalar_value(value: Any) -> float | None:
     """The number in a ``Summary.Value``: ``simple_value`` (torch's SummaryWriter) or a scalar tensor (TF2)."""
     if value.HasField("simple_value"):

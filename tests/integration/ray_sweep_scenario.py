@@ -141,8 +141,8 @@ def main(work: Path) -> None:
         table = {line.split()[0]: line.split()[1:] for line in out.splitlines() if "__s" in line}
         assert table[KILLED][0] == "failed", out
         assert all(table[f"{m}__s{s}"][0] == "started" for m in methods for s in (1, 2) if f"{m}__s{s}" != KILLED)
-        killed_meta = yaml.safe_load((sweep_dir / KILLED / "meta.yaml").read_text())
-        assert 0 < killed_meta["final_step"] < RUN["total_steps"], killed_meta
+        saved = (sweep_dir / KILLED / "checkpoints" / "latest").read_text().strip()
+        assert int(saved.removeprefix("step_")) < RUN["total_steps"], saved  # killed before its end
 
         dry = mtrl("sweep", str(spec), "--dry-run", cwd=work)
         plan = {line.split()[0]: line.split()[1] for line in dry.stdout.splitlines() if "__s" in line}
