@@ -84,7 +84,7 @@ def main() -> int:
     deadline = started + args.time_limit
 
     # 1. the tests that touch devices
-    tests = [*py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "device", "--device", device]
+    tests = [*py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", "-m", "device", "--device", device]
     tests += ["tests/unit/test_devices.py", "-k", "replay_sampling"] if args.tiny else _device_test_files()
     rows.append(_run("device_tests", tests, out, 150, deadline))
     rows[-1]["result"] = _tail(rows[-1]["log"])

@@ -3,6 +3,8 @@ import os
 # before torch loads (libgomp reads it once): as mtrl sets it for itself (mtrl/__init__.py), OpenMP threads sleep
 # when idle instead of spinning, which on 2 cores tripled the time of in-process training tests
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if "PYTEST_XDIST_WORKER" in os.environ:  # one test process per core (pytest -n): one torch thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

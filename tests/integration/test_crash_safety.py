@@ -34,7 +34,7 @@ def _snapshot(run: Path) -> dict[str, bytes]:
 
 def test_crash_harness_short(tmp_path, capsys):
     """Three SIGKILLs (two at random moments, one inside a checkpoint write), resumed each time, then completed."""
-    passed, failed = _harness().run_harness(3, seed=1, workdir=tmp_path, max_delay=10.0)
+    passed, failed = _harness().run_harness(3, seed=1, workdir=tmp_path, max_delay=6.0)
     out = capsys.readouterr().out
     assert (passed, failed) == (4, 0), out
     assert "inside a checkpoint write (state)" in out and out.rstrip().endswith("4 passed, 0 failed")

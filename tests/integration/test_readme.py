@@ -34,6 +34,7 @@ ELSEWHERE = {
     "bash scripts/install.sh": ".ci/run installs with it",
     "python -m pytest -q": "this suite",
     "python -m pytest -m slow": "the slow tests, off by default",
+    "python scripts/mutants.py": "minutes of test runs on mutated copies; run by hand (its mutants are pinned below)",
     "ray start --head --port 6379": "tests/integration/test_sweep_ray.py starts a real head (on 127.0.0.1)",
     "ray start --address HEAD_IP:6379": "a second machine; tests/integration/test_sweep_ray.py uses one head",
     "mtrl sweep configs/sweeps/mt10_mean_vs_pcgrad.yaml --backend ray --address HEAD_IP:6379": (
@@ -129,3 +130,18 @@ def test_readme_run_directory_layout_and_keys_are_what_a_run_writes(workdir: tup
     assert not missing, f"documented but not written by a run: {missing}"
     undocumented = [w for w in written if w not in documented and not w.startswith(("mto/", "losses/"))]
     assert not undocumented, f"written by a run but not in the README's table: {undocumented}"
+
+
+def test_every_mutant_of_scripts_mutants_still_finds_its_line() -> None:
+    """The README promises the mutation check works: each planted line still exists exactly once where it points."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("mutants", ROOT / "scripts" / "mutants.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mutants"] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    assert len(module.MUTANTS) >= 12
+    for m in module.MUTANTS:
+        assert (ROOT / m.file).read_text().count(m.old) == 1, m.name
+        assert all((ROOT / t).is_file() for t in m.tests), m.name
