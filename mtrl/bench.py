@@ -260,6 +260,40 @@ def training(
     return out
 
 
+def checkpoints(sizes: list[str], device: torch.device, hidden: int, bar: tqdm) -> dict[str, dict[str, float]]:
+    """Size (MB) and write and read seconds of one checkpoint unit (agent with its optimizers, and the replay) at
+    each benchmark size with the presets' 1M-transition replay, empty (just after the first step) and full."""
+    from mtrl.runs import checkpoint
+
+    out: dict[str, dict[str, float]] = {}
+    for size in sizes:
+        k, batch = SIZES[size]
+        agent = make_agent("mean", k, batch, device, hidden)
+        replay = MultiTaskReplay(k, OBS, ACT, 1_000_000, batch, device=device)
+        row = np.zeros((k, OBS), np.float32), np.zeros((k, ACT), np.float32), np.zeros(k, np.float32)
+        replay.add(row[0], row[1], row[2], row[0], row[2])
+        for fill in ("empty", "full"):
+            if fill == "full":
+                replay.size, replay.pos = replay.per_task, 0  # every row counts as written
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                unit = checkpoint.save(Path(tmp), 1, {"agent": agent.state_dict()}, replay.state_dict())
+                wrote = time.perf_counter() - t0
+                mb = sum(f.stat().st_size for f in unit.iterdir()) / 1e6
+                t0 = time.perf_counter()
+                checkpoint.load_buffer(unit / checkpoint.STATE, 1)
+                read = time.perf_counter() - t0
+            out[f"{size} {fill}"] = {"mb": round(mb, 2), "write_s": round(wrote, 3), "read_s": round(read, 3)}
+            bar.update(1)
+    return out
+
+
+def print_checkpoints(rows: dict[str, dict[str, float]]) -> None:
+    print("\ncheckpoint unit (agent + optimizers + 1M-transition replay): size, write, replay read")
+    for key, row in rows.items():
+        print(f"  {key:<12}{row['mb']:>10.1f} MB{row['write_s']:>9.2f} s write{row['read_s']:>8.2f} s read")
+
+
 def machine_kernels(device: torch.device) -> dict[str, Any]:
     """What the matmul kernels can use here: the CPU's vector extensions (AVX2, AVX-512, AVX512-BF16, AMX) as the
     kernel sees them, torch's dispatch level, and on CUDA the GPU's compute capability and bf16 support."""
@@ -355,6 +389,9 @@ class BenchArgs:
     """K=1 batches against stable-baselines3 (none given: skipped)."""
     train: bool = False
     """Also time the real training loop (builds Meta-World)."""
+    checkpoint: bool = False
+    """Also time writing and reading a checkpoint unit at each size, replay empty and full (writes up to ~0.4 GB in
+    a temporary folder)."""
     train_benchmarks: tuple[Literal["MT10", "MT50"], ...] = ("MT10",)
     """Benchmarks of the training measurement."""
     train_combiners: tuple[str, ...] = ("mean",)
@@ -430,7 +467,12 @@ def cli(argv: list[str]) -> int:
         result["sb3"] = [
             versus_sb3(b, precisions, args.rounds, args.warmup, device, args.hidden, bar) for b in args.sb3_batch
         ]
+    if args.checkpoint:
+        with tqdm(total=2 * len(args.sizes), desc="checkpoint", unit="unit", file=sys.stderr) as bar:
+            result["checkpoint"] = checkpoints(list(args.sizes), device, args.hidden, bar)
     print_tables(result)
+    if args.checkpoint:
+        print_checkpoints(result["checkpoint"])
     _write(json_path, result)  # the update and SB3 figures are kept even if the (long) training part is cut short
     if args.train:
         train_names = _with_mean(list(args.train_combiners))

@@ -124,13 +124,14 @@ class MultiTaskReplay:
         )
 
     def state_dict(self) -> dict:
+        """The filled rows only (copies: ``torch.save`` of a slice would write the whole pre-allocated ring)."""
         n = self.size
         return {
-            "obs": self.obs[:, :n].cpu(),
-            "act": self.act[:, :n].cpu(),
-            "rew": self.rew[:, :n].cpu(),
-            "next_obs": self.next_obs[:, :n].cpu(),
-            "done": self.done[:, :n].cpu(),
+            "obs": self.obs[:, :n].to("cpu", copy=True),
+            "act": self.act[:, :n].to("cpu", copy=True),
+            "rew": self.rew[:, :n].to("cpu", copy=True),
+            "next_obs": self.next_obs[:, :n].to("cpu", copy=True),
+            "done": self.done[:, :n].to("cpu", copy=True),
             "pos": self.pos,
             "size": n,
             "rew_stats": torch.stack([self.rew_count, self.rew_mean, self.rew_m2]).cpu(),

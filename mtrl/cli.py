@@ -18,19 +18,23 @@ import tyro
 
 from mtrl.config import ConfigError, TrainConfig, flatten, from_flat, load_preset, parse, read_mapping, to_flat
 
-TRAIN_DESCRIPTION = """Train multi-task SAC. With no arguments: the embedded default (4-task toy env, about a minute
-on a CPU).
+TRAIN_DESCRIPTION = """Train multi-task SAC. With no arguments: the embedded default (4-task toy env, about 1.5
+minutes on 2 CPU cores). The defaults below are those of --config (or --resume) when given.
 
   mtrl train [--config PRESET.yaml] [--resume RUN_DIR] [--no-progress] [--KEY VALUE ...]
 
 - values: the defaults below, then --config (a YAML preset from configs/, which may inherit another
   with base:), then --KEY VALUE
 - --resume RUN_DIR continues a run from its newest checkpoint with its saved config.yaml (only
-  total_steps may be changed, to extend it)
+  total_steps, to extend it, and device and threads, to move it, may be changed)
 - --combiner NAME picks a combiner; `mtrl train --combiner NAME --help` lists its options
 - output: runs/<run_name>/ holds TensorBoard events, config.yaml, meta.yaml, checkpoints/
 - Ctrl-C or SIGTERM finishes the current step, writes a checkpoint and exits (130 / 143); a second
   Ctrl-C aborts"""
+
+
+RESUME_MAY_CHANGE = ("total_steps", "device", "threads")
+"""What ``--resume`` may change: the budget (to extend a run) and where it runs (to move it to another machine)."""
 
 
 def _take(argv: list[str], name: str, *, value: bool) -> tuple[str | bool | None, list[str]]:
@@ -60,29 +64,30 @@ def _take(argv: list[str], name: str, *, value: bool) -> tuple[str | bool | None
 
 def train_args(argv: list[str]) -> tuple[TrainConfig, Path | None, bool]:
     """The ``mtrl train`` command line as ``(config, run directory to resume or None, show progress)``: defaults,
-    then ``--config``, then ``--KEY VALUE``; with ``--resume``, the run's own config.yaml (only total_steps may
-    change). Checks what the command line alone decides; :func:`mtrl.train.check_config` checks the config."""
+    then ``--config``, then ``--KEY VALUE``; with ``--resume``, the run's own config.yaml (only
+    :data:`RESUME_MAY_CHANGE` may change). Checks what the command line alone decides; :func:`mtrl.train.check_config`
+    checks the config."""
     config, rest = _take(argv, "config", value=True)
     resume, rest = _take(rest, "resume", value=True)
     no_progress, rest = _take(rest, "no-progress", value=False)
     shorthands = {"agent": "agent.kind"}
-    if "-h" in rest or "--help" in rest:
-        parse(TrainConfig, rest, prog="mtrl train", description=TRAIN_DESCRIPTION, shorthands=shorthands)
-    if resume is None:
-        base = load_preset(str(config)) if config is not None else None
-        return parse(TrainConfig, rest, default=base, shorthands=shorthands), None, not no_progress
-    if config is not None:
+    if resume is not None and config is not None:
         raise ConfigError("--resume: takes the run's own config.yaml; do not combine it with --config")
-    run = Path(str(resume))
-    saved = _run_config(run)
-    cfg = parse(TrainConfig, rest, default=saved, shorthands=shorthands)
-    before, after = to_flat(saved), to_flat(cfg)
-    changed = [k for k in after if after[k] != before.get(k) and k != "total_steps"]
+    run = None if resume is None else Path(str(resume))
+    base = _run_config(run) if run is not None else load_preset(str(config)) if config is not None else None
+    if "-h" in rest or "--help" in rest:  # the help shows the preset's (or the run's) values as defaults
+        parse(TrainConfig, rest, prog="mtrl train", description=TRAIN_DESCRIPTION, shorthands=shorthands, default=base)
+    cfg = parse(TrainConfig, rest, default=base, shorthands=shorthands)
+    if run is None:
+        return cfg, None, not no_progress
+    assert base is not None
+    before, after = to_flat(base), to_flat(cfg)
+    changed = [k for k in after if after[k] != before.get(k) and k not in RESUME_MAY_CHANGE]
     if changed:
         k = changed[0]
         raise ConfigError(
             f"--resume: {k} differs from the run's config.yaml (run: {before.get(k)!r}, given: {after[k]!r}); "
-            "only total_steps may change when resuming"
+            f"only {', '.join(RESUME_MAY_CHANGE)} may change when resuming"
         )
     return cfg, run, not no_progress
 
@@ -138,7 +143,8 @@ class EvaluateArgs:
     seed: int = -1
     """Simulator seed of the evaluation episodes (-1: the run's evaluation seed); the goals are the run's own."""
     eval_goals: Literal["run", "train", "fresh"] = "run"
-    """train: the goals the run trained on; fresh: goals it never saw; run: the run's env.eval_goals."""
+    """train: the goals the run trained on; fresh: goals it never saw (Meta-World; the toy env's observation has no
+    goal, so a toy policy scores 0 there); run: the run's env.eval_goals."""
     device: str = "cpu"
     """cpu, cuda or cuda:N."""
 
@@ -245,7 +251,7 @@ MAIN_HELP = """usage: mtrl {train,evaluate,record,compare,sweep,bench} ...
 
 Multi-task SAC with pluggable multi-task optimization (MTO) combiners on Meta-World MT10/MT50.
 
-  train     train an agent (no arguments: a one-minute CPU demo on a toy env); --help lists every config key
+  train     train an agent (no arguments: a 1.5-minute demo on a toy env, 2 CPU cores); --help lists every config key
   evaluate  success rate per task of a checkpoint, on its training goals
   record    rollout videos of a checkpoint into videos/<run_name>/
   compare   success rates across methods and seeds: IQM with bootstrap CIs, plots, markdown table

@@ -183,6 +183,8 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    if progress and cfg.env.benchmark != "toy":  # building Meta-World envs takes seconds: say so before the bar
+        print(f"mtrl train: building the {k} {benchmark_label(cfg.env.benchmark)} envs and the agent", file=sys.stderr)
     env = make_env(cfg.env, cfg.seed)
     asynchronous = eval_mode(cfg) == "async" and cfg.agent.kind == "mtsac"
     # evaluation envs: the run's goals (cfg.env.eval_goals), their own simulator seed eval_seed(cfg.seed)
@@ -280,7 +282,11 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
     with contextlib.ExitStack() as stack:
         stop = stack.enter_context(stop_on_signals())
         stack.callback(_close_all, evaluator, bar, writer, (env, eval_env, video_env))
+        if start < cfg.warmup_steps:
+            bar.set_postfix_str(f"warm-up: random actions until step {cfg.warmup_steps}")
         for step in range(start, cfg.total_steps):
+            if step == cfg.warmup_steps and step > start:
+                bar.set_postfix_str("training")
             action = rng.uniform(-1.0, 1.0, (k, env.act_dim)) if step < cfg.warmup_steps else agent.act(obs)
             res = env.step(action)
             buffer.add(obs, action, res.reward, res.next_obs, res.terminated)

@@ -46,18 +46,18 @@ def record_checkpoint(
     from mtrl.config import ConfigError
     from mtrl.envs import eval_seed, make_env
     from mtrl.envs.gl import ensure_gl_backend
-    from mtrl.runs.restore import restore
+    from mtrl.runs.restore import load_policy
 
     ensure_gl_backend()
-    cfg, agent, state = restore(path, "cpu")
-    unknown = [t for t in tasks or [] if t not in state["task_names"]]
+    cfg, act, task_names, _ = load_policy(path, "cpu")
+    unknown = [t for t in tasks or [] if t not in task_names]
     if unknown:
-        raise ConfigError(f"--tasks: unknown task {unknown[0]!r}; this run has: {', '.join(state['task_names'])}")
+        raise ConfigError(f"--tasks: unknown task {unknown[0]!r}; this run has: {', '.join(task_names)}")
     seed = eval_seed(cfg.seed) if sim_seed is None else sim_seed
     folder = Path(out) / cfg.run_name
     env = make_env(cfg.env, cfg.seed, evaluation=True, render=True, sim_seed=seed)
     try:
-        paths = record(lambda o: agent.act(o, deterministic=True), env, folder, episodes, fps, tasks=tasks)
+        paths = record(act, env, folder, episodes, fps, tasks=tasks)
     finally:
         env.close()
     return folder, paths

@@ -16,4 +16,4 @@ fi
 python3 -m pip install -q --upgrade pip
 python3 -m pip install -q torch==2.13.0
 python3 -m pip install -q -e ".[test]"
-echo "mtrl installed: try 'mtrl train' (a few minutes on CPU) or 'mtrl --help'"
+echo "mtrl installed: try 'mtrl train' (the embedded default, about 1.5 minutes on 2 CPU cores) or 'mtrl --help'"

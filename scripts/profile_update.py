@@ -23,6 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mtrl.bench import SIZES, make_agent, make_batch  # noqa: E402
+from mtrl.mto import COMBINERS
 
 SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense")
 
@@ -67,6 +68,15 @@ def main() -> int:
     parser.add_argument("--precision", choices=["fp32", "bf16", "tf32"], default="fp32")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
+    if args.device not in ("cpu", "cuda"):
+        parser.error(f"--device: got {args.device!r}, expected cpu or cuda")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device: got 'cuda', but torch sees no CUDA device here; expected cpu")
+    unknown = [n for n in args.combiners if n not in COMBINERS]
+    if unknown:
+        parser.error(f"--combiners: got {unknown[0]!r}, expected some of {', '.join(COMBINERS)}")
+    if args.hidden < 1 or args.updates < 1:
+        parser.error(f"--hidden/--updates: got {args.hidden}/{args.updates}, expected positive integers")
     device = torch.device(args.device)
     rows = [profile_one(n, args.size, device, args.hidden, args.updates, args.precision) for n in args.combiners]
     for row in rows:

@@ -163,6 +163,12 @@ def cli(argv: list[str]) -> int:
     from mtrl.runs.rundir import check_output_dir
 
     try:
+        renamed = [a for a in argv if a.split("=")[0] in ("--last-n", "--last_n")]
+        if renamed:
+            raise ConfigError(
+                f"{renamed[0].split('=')[0]}: renamed; use --final-window FRACTION (final success = mean of the "
+                "evaluations in that last fraction of each run's steps, e.g. 0.1)"
+            )
         try:
             args = parse(CompareArgs, argv, prog="mtrl compare", flags=True, hyphens=True)
         except SystemExit as exc:  # --help

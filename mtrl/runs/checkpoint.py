@@ -204,8 +204,8 @@ def resolve(path: str | Path) -> Path:
     p = Path(path)
     if p.is_dir() and (p / "single_task").is_dir() and not (p / CHECKPOINTS).is_dir():
         raise CheckpointError(
-            f"checkpoint: '{path}' is a single_task run (one stable-baselines3 model per task in "
-            f"{p / 'single_task'}/, load them with stable_baselines3.SAC.load); evaluate and record take MT-SAC runs"
+            f"checkpoint: '{path}' is a single_task run: one stable-baselines3 model per task in "
+            f"{p / 'single_task'}/ (stable_baselines3.SAC.load), no MT-SAC checkpoint"
         )
     if p.is_dir() and (p / CHECKPOINTS).is_dir():
         unit = latest(p)

@@ -218,7 +218,18 @@ def test_resume_refusals_change_nothing(finished, tmp_path, capsys):
     run = _copy(finished, tmp_path)
     resume = ["train", "--resume", str(run), "--no-progress"]
     _refused(capsys, run, [*resume, "--total_steps", "200"], "total_steps: got 200, but the checkpoint of")
-    _refused(capsys, run, [*resume, "--agent.actor.lr", "0.1"], "only total_steps may change when resuming")
+    only = "only total_steps, device, threads may change when resuming"
+    _refused(capsys, run, [*resume, "--agent.actor.lr", "0.1"], only)
+
+
+def test_resume_may_move_a_run_to_another_device_and_thread_count(finished, tmp_path, capsys):
+    """A run started elsewhere finishes here: --device and --threads may change at a resume (config.yaml follows)."""
+    run = _copy(finished, tmp_path)
+    argv = ["train", "--resume", str(run), "--total_steps", "350", "--device", "cpu", "--threads", "1"]
+    assert main([*argv, "--no-progress"]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["threads"], saved["device"], saved["total_steps"]) == (1, "cpu", 350)
+    assert checkpoint.load(run)["step"] == 350
 
 
 def test_resume_cleans_stale_partial_writes_and_purges_orphaned_steps(finished, tmp_path):

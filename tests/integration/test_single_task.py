@@ -82,11 +82,26 @@ def test_resume_is_refused_with_one_line(tmp_path):
     assert not (tmp_path / "unused").exists()
 
 
-def test_evaluate_on_a_single_task_run_says_what_it_is(tmp_path, capsys):
+def test_evaluate_and_record_work_on_a_single_task_run(st_run, tmp_path, capsys):
+    """The per-task models are evaluated and recorded like an MT-SAC checkpoint: the same success as the run's
+    own last evaluation (same goals, same simulator seed), at the step meta.yaml records."""
+    from mtrl.cli import main
+
+    assert main(["evaluate", str(st_run)]) == 0
+    out = capsys.readouterr().out
+    df = scalars(st_run)
+    last = df[df.tag == "eval/success_rate"].sort_values("step").value.iloc[-1]
+    lines = out.strip().splitlines()
+    assert lines[0].endswith("step 200)") and lines[-1].split() == ["mean", f"{last:.2f}"], out
+    assert main(["record", str(st_run), "--tasks", "reach-1", "--out", str(tmp_path / "v")]) == 0
+    assert (tmp_path / "v" / "st" / "reach-1__ep0.mp4").is_file()
+
+
+def test_a_single_task_run_without_its_models_is_refused_in_one_line(tmp_path, capsys):
     from mtrl.cli import main
 
     run = tmp_path / "st"
     (run / "single_task").mkdir(parents=True)
     assert main(["evaluate", str(run)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "is a single_task run" in err
+    assert len(err.splitlines()) == 1 and "single_task run" in err and "Traceback" not in err
