@@ -18,8 +18,9 @@ import tyro
 
 from mtrl.config import ConfigError, TrainConfig, flatten, from_flat, load_preset, parse, read_mapping, to_flat
 
-TRAIN_DESCRIPTION = """Train multi-task SAC. With no arguments: the embedded default (4-task toy env, about 1.5
-minutes on 2 CPU cores). The defaults below are those of --config (or --resume) when given.
+TRAIN_DESCRIPTION = """Train multi-task SAC. No arguments: the embedded default (4-task toy env, 1.5 min on 2 cores).
+
+The defaults shown below are those of --config (or of the run given to --resume) where given.
 
   mtrl train [--config PRESET.yaml] [--resume RUN_DIR] [--no-progress] [--KEY VALUE ...]
 

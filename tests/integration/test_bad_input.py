@@ -156,7 +156,7 @@ def test_record(capsys, workdir, run, extra, needles):
         (["dir", "--out", "file.txt"], ["--out: 'file.txt' is a file, expected a directory"]),
         (["dir", "--final-window", "0"], ["--final-window: got 0.0, expected a fraction in (0, 1]"]),
         (["dir", "--reps", "nan"], ["reps: got 'nan', expected an integer"]),
-        (["dir", "--last-n", "3"], ["unknown option --last-n"]),
+        (["dir", "--last-n", "3"], ["--last-n: renamed; use --final-window FRACTION"]),
     ],
 )
 def test_compare(capsys, workdir, argv, needles):
