@@ -107,7 +107,7 @@ def _run_config(run: Path) -> TrainConfig:
                 "; delete it and --resume takes the run's config from its checkpoint" if checkpoint.units(run) else ""
             )
             raise ConfigError(f"{exc}{hint}") from None
-    for unit in sorted(checkpoint.units(run), key=checkpoint.step_of, reverse=True):
+    for unit in checkpoint.newest_first(checkpoint.units(run)):
         try:
             cfg = from_flat(checkpoint.load(unit)["config"])
         except (checkpoint.CheckpointError, ConfigError):

@@ -144,7 +144,7 @@ def _worker(
         conn.send(("ready",))
         while (message := conn.recv()) is not None:
             step, weights = message
-            actor.load_state_dict({name: torch.from_numpy(w) for name, w in weights.items()})
+            actor.load_state_dict({name: torch.from_numpy(w)[None] for name, w in weights.items()})  # one seed
             conn.send(("result", step, evaluate(policy, env, episodes, seed=seed)))
     except Exception as exc:  # reported to the trainer, which raises EvalWorkerError; EOFError: the trainer is gone
         with contextlib.suppress(OSError):
@@ -195,7 +195,8 @@ class AsyncEvaluator:
         return len(self._waiting) + (self._in_flight is not None)
 
     def submit(self, step: int, actor_state: dict[str, Tensor]) -> None:
-        """Queue a copy of the actor's weights (``actor.state_dict()``, any device) for evaluation at ``step``."""
+        """Queue a copy of one seed's actor weights (:meth:`~mtrl.agents.mtsac.MTSAC.actor_state`: no seed axis, any
+        device) for evaluation at ``step``."""
         weights = {name: t.detach().to("cpu", copy=True).numpy() for name, t in actor_state.items()}
         self._waiting.append((step, weights))
         self._dispatch()

@@ -308,7 +308,7 @@ def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progr
                 t_log, step_log = now, done
             if (cfg.eval_interval and done % cfg.eval_interval == 0) or done == cfg.total_steps:
                 if evaluator is not None:  # evaluated in the worker, logged at `done` when it returns
-                    evaluator.submit(done, agent.actor.state_dict())
+                    evaluator.submit(done, agent.actor_state())
                 else:
                     assert eval_env is not None  # built for sync evaluation
                     log_eval(done, evaluate(greedy, eval_env, cfg.eval_episodes, seed=eval_seed(cfg.seed)))

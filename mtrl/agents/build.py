@@ -28,7 +28,16 @@ def build_combiners(cfg: TrainConfig, num_tasks: int) -> Combiners:
 
 def make_agent(cfg: TrainConfig, obs_dim: int, act_dim: int, num_tasks: int, device: torch.device) -> MTSAC:
     """The MT-SAC agent of a config: its :class:`~mtrl.config.AgentConfig` and its built combiners."""
+    return make_group_agent([cfg], obs_dim, act_dim, num_tasks, device)
+
+
+def make_group_agent(
+    cfgs: list[TrainConfig], obs_dim: int, act_dim: int, num_tasks: int, device: torch.device
+) -> MTSAC:
+    """One agent for the configs of a seed group (alike but for their seeds): each seed's combiners are built as
+    its solo run builds them."""
+    cfg = cfgs[0]
     return MTSAC(
-        obs_dim, act_dim, num_tasks, cfg.agent, build_combiners(cfg, num_tasks), device,
-        seed=cfg.seed, stratified=cfg.buffer.kind == "stratified",
+        obs_dim, act_dim, num_tasks, cfg.agent, [build_combiners(c, num_tasks) for c in cfgs], device,
+        seed=[c.seed for c in cfgs], stratified=cfg.buffer.kind == "stratified",
     )  # fmt: skip

@@ -69,6 +69,11 @@ def step_of(unit: Path) -> int | None:
     return int(digits) if unit.name.startswith(_PREFIX) and digits.isdigit() else None
 
 
+def newest_first(paths: list[Path]) -> list[Path]:
+    """Unit-named paths sorted by their step, newest first."""
+    return sorted(paths, key=lambda u: step_of(u) or 0, reverse=True)
+
+
 def _complete(unit: Path) -> bool:
     return unit.is_dir() and (unit / STATE).is_file() and (unit / BUFFER).is_file() and step_of(unit) is not None
 

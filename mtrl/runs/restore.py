@@ -34,7 +34,7 @@ def restore(path: str | Path, device: torch.device | str = "cpu") -> tuple[Train
     if not (p.is_dir() and (p / checkpoint.CHECKPOINTS).is_dir()):
         return _build(checkpoint.load(p), p, device)
     skipped: list[str] = []
-    for unit in sorted(checkpoint.units(p), key=checkpoint.step_of, reverse=True):
+    for unit in checkpoint.newest_first(checkpoint.units(p)):
         try:
             restored = _build(checkpoint.load(unit), unit, device)
         except CheckpointError as exc:

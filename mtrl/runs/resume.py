@@ -78,7 +78,7 @@ def config_differences(saved: dict[str, Any], cfg: TrainConfig, where: str = "co
 def _read_unit(unit: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Agent and replay state of one unit, checked to be whole and of the unit's own step; CheckpointError (one
     line) when it is not."""
-    step = checkpoint.step_of(unit)
+    step = checkpoint.step_of(unit) or 0
     if not unit.is_dir():
         raise CheckpointError(f"'{unit.name}' is not a folder")
     state = checkpoint.load(unit)
@@ -112,7 +112,7 @@ def _meta_final_step(run: Path) -> tuple[int, bool]:
 
 def newest_step(run: Path) -> int | None:
     """The step of a run's newest unit that can be read whole (agent and replay of its step), None without one."""
-    for unit in sorted(checkpoint.units(run), key=checkpoint.step_of, reverse=True):
+    for unit in checkpoint.newest_first(checkpoint.units(run)):
         try:
             return int(_read_unit(unit)[0]["step"])
         except CheckpointError:
@@ -144,7 +144,7 @@ def plan_resume(run: Path, cfg: TrainConfig) -> ResumePlan:
         raise CheckpointError(
             f"checkpoint: '{folder}' is a file, expected the folder of the run's checkpoints; move it away"
         )
-    units = sorted(checkpoint.units(run), key=checkpoint.step_of, reverse=True)  # newest first
+    units = checkpoint.newest_first(checkpoint.units(run))  # newest first
     damaged: list[tuple[Path, str]] = []
     mismatched: tuple[Path, list[str]] | None = None
     chosen: tuple[Path, dict[str, Any], dict[str, Any]] | None = None
@@ -187,7 +187,7 @@ def plan_resume(run: Path, cfg: TrainConfig) -> ResumePlan:
             f"total_steps: got {cfg.total_steps}, but the checkpoint of '{run}' is at step {state['step']}; "
             f"expected at least {state['step']}"
         )
-    newer = [(u, why) for u, why in damaged if checkpoint.step_of(u) > checkpoint.step_of(unit)]
+    newer = [(u, why) for u, why in damaged if (checkpoint.step_of(u) or 0) > state["step"]]
     notes = [
         f"checkpoint {u.name} is unusable ({why}); set aside as {u.name}{DAMAGED}, resuming from step {state['step']}"
         for u, why in newer

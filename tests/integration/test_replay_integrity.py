@@ -307,14 +307,14 @@ def test_td_target_matches_a_hand_computation(kind: str, monkeypatch: pytest.Mon
     with torch.no_grad():
         next_act, next_logp = agent.actor(next_obs, task, next_eps)
         tq1, tq2 = agent.critic_target(next_obs, next_act, task)
-        alpha = agent.alpha.log_alpha.exp()[task]  # pre-step, per task
+        alpha = agent.alpha.log_alpha[0].exp()[task]  # pre-step, per task ([0]: the one seed's temperatures)
         expected = rew + (1.0 - done) * gamma * (torch.minimum(tq1, tq2) - alpha * next_logp)
 
     seen: list[tuple[torch.Tensor, ...]] = []
     critic_rows = MTSAC._critic_rows
 
-    def recording(self: MTSAC, params: dict[str, torch.Tensor], inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        seen.append(tuple(x.detach().clone() for x in inputs))
+    def recording(self: MTSAC, params: dict[str, torch.Tensor], inputs: tuple) -> torch.Tensor:
+        seen.append(tuple(x[0].detach().clone() for x in inputs[:4]))  # [S=1, N, ...] -> the one seed's rows
         return critic_rows(self, params, inputs)
 
     monkeypatch.setattr(MTSAC, "_critic_rows", recording)
@@ -326,4 +326,4 @@ def test_td_target_matches_a_hand_computation(kind: str, monkeypatch: pytest.Mon
     terminal = done.bool()
     assert terminal.sum() == 1 and torch.equal(target[terminal], rew[terminal])
     assert (target[~terminal] - rew[~terminal]).abs().min() > 1e-2  # truncated and mid rows bootstrap
-    assert not torch.equal(agent.alpha.log_alpha.detach(), torch.tensor([-1.0, 0.2, 0.9]))  # alpha did step
+    assert not torch.equal(agent.alpha.log_alpha[0].detach(), torch.tensor([-1.0, 0.2, 0.9]))  # alpha did step

@@ -42,7 +42,7 @@ def test_adam_eps_reaches_every_optimizer():
 def test_alpha_loss_on_alpha_scales_the_log_alpha_gradient_by_alpha(temperature):
     """mtrl's loss -alpha (log pi + target) has gradient alpha times that of SB3's -log(alpha) (log pi + target): the
     same direction and fixed point, a different step size."""
-    logp, task = torch.randn(K * M), torch.arange(K).repeat_interleave(M)
+    logp, task = torch.randn(1, K * M), torch.arange(K).repeat_interleave(M)[None]  # one seed's rows
     grads = {}
     for loss in ("log_alpha", "alpha"):
         agent = _agent(**{"agent.alpha_loss": loss, "agent.temperature": temperature, "agent.init_temperature": 0.3})
@@ -62,9 +62,10 @@ def test_q_value_max_clips_targets_and_predictions():
         agent = _agent(**{"agent.q_value_max": bound})
         batch = _batch()
         params = dict(agent.critic.named_parameters())
+        obs, act, task = batch.obs[None], batch.act[None], batch.task[None]  # one seed's rows
         with torch.no_grad():
-            q1, q2 = agent.critic(batch.obs, batch.act, batch.task)
+            q1, q2 = agent.critic(obs, act, task)
         assert (q1.abs() > 1e-6).all() and (q2.abs() > 1e-6).all()
-        rows = agent._critic_rows(params, (batch.obs, batch.act, torch.zeros_like(q1), batch.task))
+        rows = agent._critic_rows(params, (obs, act, torch.zeros_like(q1), task, ([], [])))
         grads = torch.autograd.grad(rows.sum(), list(params.values()))
         assert all(g.abs().sum() == 0 for g in grads) == frozen

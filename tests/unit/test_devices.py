@@ -49,10 +49,10 @@ def test_vmap_per_task_gradients_equal_the_k_loop_on_device(device):
     agent = _agent(device)
     batch = _buffer(device).sample()
     params = dict(agent.critic.named_parameters())
-    target = batch.rew + 0.5
-    inputs = (batch.obs, batch.act, target, batch.task)
-    fast, _ = per_task_grads(agent._critic_rows, params, inputs, batch.task, K, stratified=True)
-    slow, _ = per_task_grads(agent._critic_rows, params, inputs, batch.task, K, stratified=False)
+    target = batch.rew[None] + 0.5
+    inputs = (batch.obs[None], batch.act[None], target, batch.task[None], ([], []))  # one seed, no dropout masks
+    fast, _ = per_task_grads(agent._critic_rows, params, inputs, batch.task[None], K, stratified=True)
+    slow, _ = per_task_grads(agent._critic_rows, params, inputs, batch.task[None], K, stratified=False)
     for name in fast:
         assert torch.allclose(fast[name], slow[name], atol=1e-5, rtol=1e-4), name
 

@@ -66,10 +66,13 @@ def test_one_hot_conditioning_changes_output_per_task_and_none_ignores_task():
 @pytest.mark.parametrize("layer_norm,dropout", [(False, 0.0), (True, 0.0), (True, 0.5)])
 def test_mlp_switches(layer_norm, dropout):
     net = mlp(4, 8, 3, layer_norm=layer_norm, dropout=dropout)
-    kinds = [type(m).__name__ for m in net]
-    assert kinds.count("Linear") == 3
-    assert kinds.count("LayerNorm") == (3 if layer_norm else 0)
-    assert kinds.count("Dropout") == (3 if dropout else 0)
+
+    def count(kind: type) -> int:
+        return sum(isinstance(m, kind) for m in net)
+
+    assert count(nn.Linear) == 3
+    assert count(nn.LayerNorm) == (3 if layer_norm else 0)
+    assert count(nn.Dropout) == (3 if dropout else 0)
 
 
 def test_actor_and_critic_shapes_and_bounds():

@@ -88,7 +88,7 @@ def _record_targets(agent: MTSAC) -> list[Tensor]:
     original = agent._critic_rows
 
     def rows(params: dict[str, Tensor], inputs: tuple[Tensor, ...]) -> Tensor:
-        targets.append(inputs[2].detach().clone())
+        targets.append(inputs[2][0].detach().clone())  # [S, N] -> the one seed's rows
         return original(params, inputs)
 
     agent._critic_rows = rows  # type: ignore[method-assign]
@@ -150,7 +150,7 @@ def _relu_inputs(net: TaskConditionedMLP, x: Tensor, task: Tensor) -> list[Tenso
         net(x, task)
     for h in hooks:
         h.remove()
-    return seen
+    return [z.reshape(-1, z.shape[-1]) for z in seen]  # [S=1, N, hidden] -> [N, hidden]
 
 
 def _manual_forward(net: TaskConditionedMLP, x: Tensor, task: Tensor, layer_norm: bool) -> Tensor:
@@ -159,12 +159,12 @@ def _manual_forward(net: TaskConditionedMLP, x: Tensor, task: Tensor, layer_norm
     linears = [m for m in net.trunk if isinstance(m, nn.Linear)]
     norms = [m for m in net.trunk if isinstance(m, nn.LayerNorm)]
     for i, lin in enumerate(linears):
-        z = h @ lin.weight.double().T + lin.bias.double()
+        z = h @ lin.weight[0].double().T + lin.bias[0].double()  # [0]: the one seed's layer
         if layer_norm:
             mean, var = z.mean(-1, keepdim=True), z.var(-1, unbiased=False, keepdim=True)
-            z = (z - mean) / torch.sqrt(var + 1e-5) * norms[i].weight.double() + norms[i].bias.double()
+            z = (z - mean) / torch.sqrt(var + 1e-5) * norms[i].weight[0].double() + norms[i].bias[0].double()
         h = z.clamp(min=0)
-    return h @ net.head.weight.double().T + net.head.bias.double()
+    return h @ net.head.weight[0].double().T + net.head.bias[0].double()
 
 
 @pytest.mark.parametrize("net", ["actor", "critic"])

@@ -97,11 +97,11 @@ def test_single_task_update_matches_stable_baselines3(monkeypatch, updates):
         "log_alpha": sb3.log_ent_coef,
     }
     got = {
-        "mu": ours.actor.net.head.weight[:ACT],
-        "log_std": ours.actor.net.head.weight[ACT:],
-        "q1_out": ours.critic.q1.head.weight,
-        "q2_target_out": ours.critic_target.q2.head.weight,
-        "log_alpha": ours.alpha.log_alpha,
+        "mu": ours.actor.net.head.weight[0, :ACT],  # [0]: the one seed's networks
+        "log_std": ours.actor.net.head.weight[0, ACT:],
+        "q1_out": ours.critic.q1.head.weight[0],
+        "q2_target_out": ours.critic_target.q2.head.weight[0],
+        "log_alpha": ours.alpha.log_alpha[0],
     }
     for name in ref:
         # SB3 adds 1e-6 inside log(1 - tanh^2); ours is the exact form, hence a tolerance above float32 noise
