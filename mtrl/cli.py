@@ -23,11 +23,13 @@ TRAIN_DESCRIPTION = """Train multi-task SAC. No arguments: the embedded default 
 The defaults shown below are those of --config (or of the run given to --resume) where given.
 
   mtrl train [--config PRESET.yaml] [--resume RUN_DIR] [--no-progress] [--KEY VALUE ...]
+  mtrl train --seeds 1 2 3 4 5 [...]      five independent runs in one process (a seed group)
 
 - values: the defaults below, then --config (a YAML preset from configs/, which may inherit another
   with base:), then --KEY VALUE
 - --resume RUN_DIR continues a run from its newest checkpoint with its saved config.yaml (only
-  total_steps, to extend it, and device and threads, to move it, may be changed)
+  total_steps, to extend it, and device and threads, to move it, may be changed); a run of a seed
+  group resumes the whole group
 - --combiner NAME picks a combiner; `mtrl train --combiner NAME --help` lists its options
 - output: runs/<run_name>/ holds TensorBoard events, config.yaml, meta.yaml, checkpoints/
 - Ctrl-C or SIGTERM finishes the current step, writes a checkpoint and exits (130 / 143); a second
@@ -80,9 +82,15 @@ def train_args(argv: list[str]) -> tuple[TrainConfig, Path | None, bool]:
         parse(TrainConfig, rest, prog="mtrl train", description=TRAIN_DESCRIPTION, shorthands=shorthands, default=base)
     cfg = parse(TrainConfig, rest, default=base, shorthands=shorthands)
     if run is None:
+        _check_seed_and_seeds(cfg, rest, str(config) if config is not None else None)
         return cfg, None, not no_progress
     assert base is not None
     before, after = to_flat(base), to_flat(cfg)
+    if after["seeds"] != before["seeds"]:
+        raise ConfigError(
+            f"--resume: takes no --seeds; a run trained in a seed group resumes with its whole group "
+            f"(mtrl train --resume {run})"
+        )
     changed = [k for k in after if after[k] != before.get(k) and k not in RESUME_MAY_CHANGE]
     if changed:
         k = changed[0]
@@ -91,6 +99,45 @@ def train_args(argv: list[str]) -> tuple[TrainConfig, Path | None, bool]:
             f"only {', '.join(RESUME_MAY_CHANGE)} may change when resuming"
         )
     return cfg, run, not no_progress
+
+
+def _check_seed_and_seeds(cfg: TrainConfig, argv: list[str], preset: str | None) -> None:
+    """``seeds`` (a seed group) given together with ``seed`` (one run), on the command line or in the preset, is
+    ambiguous: refuse it in one line."""
+    if not cfg.seeds:
+        return
+    keys = {a[2:].partition("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    if preset is not None:
+        from mtrl.config import load_yaml
+
+        keys |= set(load_yaml(preset))
+    if "seed" in keys:
+        raise ConfigError(
+            f"seeds: got {' '.join(map(str, cfg.seeds))} together with seed {cfg.seed}; give --seeds N ... for a "
+            "seed group or --seed N for one run, not both"
+        )
+
+
+def group_configs(cfg: TrainConfig, run: Path) -> tuple[list[TrainConfig], list[Path]]:
+    """The configs and run directories of the seed group ``run`` was trained in (its meta.yaml), each member's own
+    config.yaml with the changes ``--resume`` allows taken from ``cfg``; ``([cfg], [run])`` for a solo run."""
+    from mtrl.runs.resume import group_members
+
+    members = group_members(run)
+    if members == [run]:
+        return [cfg], [run]
+    allowed = {k: v for k, v in to_flat(cfg).items() if k in RESUME_MAY_CHANGE}
+    cfgs = [cfg if m == run else from_flat(allowed, _run_config(m)) for m in members]
+    first = {k: v for k, v in to_flat(cfgs[0]).items() if k not in ("seed", "run_name")}
+    for m, c in zip(members, cfgs):
+        other = {k: v for k, v in to_flat(c).items() if k not in ("seed", "run_name")}
+        differ = next((k for k in first if first[k] != other.get(k)), None)
+        if differ is not None:
+            raise ConfigError(
+                f"--resume: the runs of the seed group of '{run}' differ in {differ} ({members[0].name}: "
+                f"{first[differ]!r}, {m.name}: {other.get(differ)!r}); a group shares everything but its seeds"
+            )
+    return cfgs, members
 
 
 def _run_config(run: Path) -> TrainConfig:
@@ -122,11 +169,19 @@ def _run_config(run: Path) -> TrainConfig:
 
 def cmd_train(argv: list[str]) -> int:
     from mtrl.runs.rundir import main_message
-    from mtrl.train import train
+    from mtrl.train import train_group
 
     cfg, run, progress = train_args(argv)
-    out = train(cfg, run=run, command="mtrl train " + shlex.join(argv), progress=progress)
-    print(main_message(out))
+    command = "mtrl train " + shlex.join(argv)
+    if run is None:
+        outs = train_group(cfg, command=command, progress=progress)
+    else:
+        cfgs, runs = group_configs(cfg, run)
+        if len(runs) > 1:
+            names = ", ".join(r.name for r in runs)
+            print(f"mtrl train: resuming the seed group of {run.name}: {len(runs)} runs ({names})", file=sys.stderr)
+        outs = train_group(cfgs if len(runs) > 1 else cfg, runs=runs, command=command, progress=progress)
+    print("\n".join(main_message(out) for out in outs))
     return 0
 
 

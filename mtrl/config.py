@@ -60,8 +60,12 @@ class EnvConfig:
     max_episode_steps: int = 0
     """Episode length; 0 takes the protocol's (official 500, legacy 150, toy 50)."""
     vector_strategy: Literal["auto", "sync", "async"] = "auto"
-    """Meta-World vector env: sync (one process) or async (one worker process per task); auto takes async when
-    the machine has at least K + 2 CPU cores (and the env is not rendered), else sync. The toy env ignores it."""
+    """Meta-World vector env: sync (every sub-env in the training process) or async (the sub-envs stepped in worker
+    processes, each stepping its share in turn: num_workers); auto takes async where that gives at least two workers
+    (3 or more CPU cores) and the env is not rendered, else sync. Same results either way. The toy env ignores it."""
+    num_workers: int = 0
+    """async: worker processes stepping the sub-envs (K per seed); 0 = one per sub-env, at most the CPU cores less
+    one."""
     eval_goals: Literal["train", "fresh"] = "train"
     """Goals of evaluation, recording and `mtrl evaluate`. train: the run's training goals (its seed's 50 variations
     per task, or the legacy fixed goal), as Meta-World's official evaluation; fresh: goals of another seed, never
@@ -167,6 +171,9 @@ class BufferConfig:
 class TrainConfig:
     seed: int = 1
     """Seed for networks, buffer sampling, combiners and environments."""
+    seeds: tuple[int, ...] = ()
+    """A seed group: train one independent run per seed in this one process (`--seeds 1 2 3 4 5`), each writing the
+    run directory its solo run (`--seed N`) would write; empty = the one run of `seed`."""
     total_steps: int = 4000
     """Vector-env steps (= environment steps per task)."""
     warmup_steps: int = 500
@@ -291,6 +298,8 @@ BOOKKEEPING_KEYS: frozenset[str] = frozenset(
         "video_interval",
         "eval_mode",
         "env.vector_strategy",
+        "env.num_workers",
+        "seeds",
     }
 )
 """Flat config keys that change neither the experiment nor its result: where a run is kept, the hardware it runs

@@ -11,10 +11,10 @@ import multiprocessing
 import signal
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from types import FrameType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from torch import Tensor
 from mtrl.config import AgentConfig, EnvConfig
 from mtrl.envs import make_env
 from mtrl.envs.base import MultiTaskVecEnv
-from mtrl.nets import Actor
+from mtrl.nets import Actor, stack_seeds
 
 Policy = Callable[[np.ndarray], np.ndarray]
 
@@ -76,16 +76,30 @@ def evaluate(policy: Policy, env: MultiTaskVecEnv, episodes: int, seed: int | No
     """Run every task until it has finished ``episodes`` episodes; episodes beyond that are ignored.
 
     :param policy: maps observations ``[K, obs]`` to actions ``[K, act]`` (pass the agent's deterministic act).
-    :param env: the evaluation env (Meta-World evaluation envs end an episode at success and cycle goals).
+    :param env: the evaluation env of one run (Meta-World evaluation envs end an episode at success and cycle goals).
     :param seed: reset seed, so successive evaluations see the same start states where the env allows it.
     """
+    return evaluate_seeds(policy, env, episodes, None if seed is None else [seed])[0]
+
+
+def evaluate_seeds(
+    policy: Policy, env: MultiTaskVecEnv, episodes: int, seeds: Sequence[int] | None = None
+) -> list[EvalResult]:
+    """:func:`evaluate` for the env of a seed group (``env.num_seeds`` runs, rows seed-major): one result per seed,
+    each what evaluating that seed's policy on its solo env gives (rows never interact).
+
+    :param policy: observations ``[rows, obs]`` to actions ``[rows, act]``.
+    :param seeds: the reset seed of each seed's env.
+    """
+    num_seeds = getattr(env, "num_seeds", 1)
     k = env.num_tasks
-    obs = env.reset(seed)
-    done_eps = np.zeros(k, dtype=np.int64)
-    success = np.zeros((k, episodes), dtype=bool)
-    returns = np.zeros((k, episodes))
-    ep_success = np.zeros(k, dtype=bool)
-    ep_return = np.zeros(k)
+    rows = num_seeds * k
+    obs = env.reset(None if seeds is None else (seeds[0] if num_seeds == 1 else list(seeds)))
+    done_eps = np.zeros(rows, dtype=np.int64)
+    success = np.zeros((rows, episodes), dtype=bool)
+    returns = np.zeros((rows, episodes))
+    ep_success = np.zeros(rows, dtype=bool)
+    ep_return = np.zeros(rows)
     while (done_eps < episodes).any():
         res = env.step(policy(obs))
         obs = res.obs
@@ -98,8 +112,9 @@ def evaluate(policy: Policy, env: MultiTaskVecEnv, episodes: int, seed: int | No
             done_eps[t] += 1
         ep_success[ended] = False
         ep_return[ended] = 0.0
-    per_task = success.mean(axis=1)
-    return EvalResult(float(per_task.mean()), per_task, returns)
+    per_task = success.mean(axis=1).reshape(num_seeds, k)
+    returns = returns.reshape(num_seeds, k, episodes)
+    return [EvalResult(float(per_task[s].mean()), per_task[s], returns[s]) for s in range(num_seeds)]
 
 
 # ------------------------------------------------------------------------------------------- asynchronous evaluation
@@ -118,12 +133,18 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def _worker(
-    conn: Connection, env_cfg: EnvConfig, agent_cfg: AgentConfig, run_seed: int, episodes: int, seed: int
+    conn: Connection,
+    env_cfg: EnvConfig,
+    agent_cfg: AgentConfig,
+    run_seed: int | list[int],
+    episodes: int,
+    seed: int | list[int],
 ) -> None:
     """Body of the evaluation process: build the env and a CPU actor once, then evaluate each snapshot received.
 
     Messages in: ``(step, actor weights as numpy arrays)``, or ``None`` to stop. Messages out: ``("ready",)`` once
-    built, ``("result", step, EvalResult)`` per snapshot, ``("error", one line)`` on failure (then it exits).
+    built, ``("result", step, EvalResult or one per seed)`` per snapshot, ``("error", one line)`` on failure (then it
+    exits).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the trainer stops us
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
@@ -131,21 +152,26 @@ def _worker(
     env: MultiTaskVecEnv | None = None
     try:
         env = make_env(env_cfg, run_seed, evaluation=True)
-        actor = Actor(
+        seeds = env.num_seeds
+        one = Actor(
             env.obs_dim, env.act_dim, env.num_tasks, agent_cfg.conditioning, agent_cfg.actor, agent_cfg.log_std,
             agent_cfg.precision,
-        ).eval()  # fmt: skip
-        tasks = torch.arange(env.num_tasks)
+        )  # fmt: skip
+        actor = stack_seeds([one] * seeds).eval()
+        tasks = torch.arange(env.num_tasks).expand(seeds, env.num_tasks)
 
         @torch.no_grad()
         def policy(obs: np.ndarray) -> np.ndarray:  # as MTSAC.act(obs, deterministic=True)
-            return actor.mode(torch.as_tensor(obs, dtype=torch.float32), tasks).numpy()
+            o = torch.as_tensor(obs, dtype=torch.float32).reshape(seeds, env.num_tasks, -1)
+            return actor.mode(o, tasks).reshape(obs.shape[0], -1).numpy()
 
+        reset_seeds = [seed] if isinstance(seed, int) else seed
         conn.send(("ready",))
         while (message := conn.recv()) is not None:
             step, weights = message
-            actor.load_state_dict({name: torch.from_numpy(w)[None] for name, w in weights.items()})  # one seed
-            conn.send(("result", step, evaluate(policy, env, episodes, seed=seed)))
+            actor.load_state_dict({name: torch.from_numpy(w) for name, w in weights.items()})
+            results = evaluate_seeds(policy, env, episodes, reset_seeds)
+            conn.send(("result", step, results[0] if isinstance(run_seed, int) else results))
     except Exception as exc:  # reported to the trainer, which raises EvalWorkerError; EOFError: the trainer is gone
         with contextlib.suppress(OSError):
             conn.send(("error", _one_line(exc)))
@@ -170,12 +196,23 @@ class AsyncEvaluator:
 
     :param env_cfg: the run's env config.
     :param agent_cfg: the run's agent config (network conditioning and sizes of the actor).
-    :param run_seed: the run's seed (picks the evaluation goals, see :func:`~mtrl.envs.make_env`).
+    :param run_seed: the run's seed (picks the evaluation goals, see :func:`~mtrl.envs.make_env`), or the seeds of a
+        seed group: then each snapshot holds every seed's actor (a seed axis) and its result is one
+        :class:`EvalResult` per seed, each seed on its own goals.
     :param episodes: evaluation episodes per task.
-    :param seed: reset seed passed to :func:`evaluate`.
+    :param seed: reset seed passed to :func:`evaluate` (one per seed of a group).
     """
 
-    def __init__(self, env_cfg: EnvConfig, agent_cfg: AgentConfig, run_seed: int, episodes: int, seed: int) -> None:
+    def __init__(
+        self,
+        env_cfg: EnvConfig,
+        agent_cfg: AgentConfig,
+        run_seed: int | Sequence[int],
+        episodes: int,
+        seed: int | Sequence[int],
+    ) -> None:
+        run_seed = run_seed if isinstance(run_seed, int) else list(run_seed)
+        seed = seed if isinstance(seed, int) else list(seed)
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
         # not a daemon: daemonic processes may not start children, and an async eval env starts one per task
@@ -195,21 +232,22 @@ class AsyncEvaluator:
         return len(self._waiting) + (self._in_flight is not None)
 
     def submit(self, step: int, actor_state: dict[str, Tensor]) -> None:
-        """Queue a copy of one seed's actor weights (:meth:`~mtrl.agents.mtsac.MTSAC.actor_state`: no seed axis, any
-        device) for evaluation at ``step``."""
+        """Queue a copy of the actor's weights (``actor.state_dict()`` with its seed axis, any device) for evaluation
+        at ``step``."""
         weights = {name: t.detach().to("cpu", copy=True).numpy() for name, t in actor_state.items()}
         self._waiting.append((step, weights))
         self._dispatch()
 
-    def poll(self) -> list[tuple[int, EvalResult]]:
-        """The ``(step, result)`` pairs finished since the last call, in step order; never blocks."""
+    def poll(self) -> list[tuple[int, Any]]:
+        """The ``(step, result)`` pairs (an :class:`EvalResult`, or one per seed of a group) finished since the last
+        call, in step order; never blocks."""
         done = []
         while self._conn.poll():
             done += self._receive()
         self._dispatch()
         return done
 
-    def wait(self) -> list[tuple[int, EvalResult]]:
+    def wait(self) -> list[tuple[int, Any]]:
         """Block until every submitted snapshot is evaluated; the ``(step, result)`` pairs not returned yet."""
         done = []
         while self.pending:
@@ -248,7 +286,7 @@ class AsyncEvaluator:
                 raise EvalWorkerError(self._died()) from None
             self._in_flight = self._waiting.popleft()[0]
 
-    def _receive(self) -> list[tuple[int, EvalResult]]:
+    def _receive(self) -> list[tuple[int, Any]]:
         """Read one message (blocking); the finished evaluation it carries, if any."""
         try:
             message = self._conn.recv()

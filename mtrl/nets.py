@@ -108,6 +108,13 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+def mlp_params(in_dim: int, cfg: NetConfig, out_dim: int) -> int:
+    """Parameters of one seed's :class:`TaskConditionedMLP` trunk and head (without building it)."""
+    h, n = cfg.hidden_dim, cfg.num_layers
+    trunk = (in_dim + 1) * h + (n - 1) * (h + 1) * h + (2 * n * h if cfg.layer_norm else 0)
+    return trunk + (h + 1) * out_dim
+
+
 def stack_seeds(modules: list[M]) -> M:
     """One module holding the networks of several seeds: a copy of ``modules[0]`` whose every parameter is the
     concatenation of theirs along the seed axis (the modules must be built alike, each for one seed or more)."""

@@ -74,3 +74,26 @@ def set_generator_state(generator: torch.Generator, state: torch.Tensor) -> None
         return
     digest = hashlib.blake2b(state.numpy().tobytes(), digest_size=8).digest()
     generator.manual_seed(int.from_bytes(digest, "little") >> 1)
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for new allocations on ``device``: CUDA's free memory, or on a CPU the kernel's ``MemAvailable``
+    (and the cgroup's limit less its usage where one is set); None where it cannot be read."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    free: int | None = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    try:  # a container's memory limit (cgroup v2)
+        limit = open("/sys/fs/cgroup/memory.max").read().strip()
+        used = int(open("/sys/fs/cgroup/memory.current").read())
+        if limit != "max" and free is not None:
+            free = min(free, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return free

@@ -249,6 +249,24 @@ class MTSAC:
             action = self.actor(o, task, self._noise((k, self.act_dim)))[0]
         return (action.reshape(s * k, -1) if flat else action).cpu().numpy()
 
+    @torch.no_grad()
+    def act_seed(self, obs: np.ndarray, seed_index: int, deterministic: bool = True) -> np.ndarray:
+        """Actions ``[K, act]`` of one seed's policy for its observations ``[K, obs]`` (e.g. for its video env): the
+        deterministic action ``tanh(mu)``, or sampled with noise from that seed's generator. The other seeds' rows
+        of the group forward see zeros and are dropped."""
+        self.actor.eval()
+        s, k = self.num_seeds, self.num_tasks
+        o = torch.zeros(s, k, obs.shape[-1], device=self.device)
+        o[seed_index] = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        task = self._task_ids.expand(s, k)
+        if deterministic:
+            action = self.actor.mode(o, task)
+        else:
+            eps = torch.zeros(s, k, self.act_dim, device=self.device)
+            eps[seed_index] = torch.randn(k, self.act_dim, generator=self.generators[seed_index], device=self.device)
+            action = self.actor(o, task, eps)[0]
+        return action[seed_index].cpu().numpy()
+
     def check_finite(self) -> None:
         """Raise :class:`~mtrl.mto.base.NonFiniteError` for a non-finite loss seen since the last call.
 
@@ -419,10 +437,6 @@ class MTSAC:
         return list(perm.split(self.agent_cfg.group_size))
 
     # ------------------------------------------------------------------------------------------------ state
-    def actor_state(self, seed_index: int = 0) -> dict[str, Tensor]:
-        """One seed's actor weights in the solo format (no seed axis), e.g. for an evaluation worker."""
-        return {k: v[seed_index] for k, v in self.actor.state_dict().items()}
-
     def state_dicts(self) -> list[dict[str, Any]]:
         """Each seed's full state in the solo format: what a solo run with that seed checkpoints."""
         modules = {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target, "alpha": self.alpha}

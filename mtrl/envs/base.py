@@ -1,11 +1,14 @@
 """The vector-environment contract shared by the toy env and Meta-World.
 
-One sub-environment per task: row ``k`` of every array belongs to task ``k``. Observations never include a
-task id; task conditioning is the agent's job (``mtrl.nets``), so the same agent works on every env.
+One sub-environment per task: row ``k`` of every array belongs to task ``k``. The env of a **seed group** holds the
+envs of ``num_seeds`` runs, seed-major: row ``s * K + k`` is task ``k`` of seed ``s``, and seed ``s``'s rows behave
+exactly as the env of its solo run. Observations never include a task id; task conditioning is the agent's job
+(``mtrl.nets``), so the same agent works on every env.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
 import numpy as np
@@ -57,6 +60,11 @@ def benchmark_label(benchmark: str) -> str:
     return benchmark
 
 
+def benchmark_dims(benchmark: str) -> tuple[int, int]:
+    """Observation and action dimensions of ``env.benchmark`` without building it: toy (2, 2), Meta-World (39, 4)."""
+    return (2, 2) if benchmark_kind(benchmark) == "toy" else (39, 4)
+
+
 def eval_seed(seed: int) -> int:
     """Simulator seed of the evaluation env of a run with seed ``seed`` (its goals come from ``seed`` itself)."""
     return seed + EVAL_SEED_OFFSET
@@ -70,31 +78,38 @@ def goal_seed(cfg: EnvConfig, seed: int, evaluation: bool) -> int:
 class StepResult(NamedTuple):
     """What :meth:`MultiTaskVecEnv.step` returns, one row per task."""
 
-    next_obs: np.ndarray  # [K, obs] true successor state (the final obs where an episode ended): goes to replay
-    obs: np.ndarray  # [K, obs] observation to act on next (the reset obs where an episode ended)
-    reward: np.ndarray  # [K] float32
-    terminated: np.ndarray  # [K] bool: a true terminal state, the only thing that stops the TD bootstrap
-    truncated: np.ndarray  # [K] bool: time limit; the critic bootstraps through it
-    success: np.ndarray  # [K] bool: the task's success flag at this step
+    next_obs: np.ndarray  # [rows, obs] true successor state (the final obs where an episode ended): goes to replay
+    obs: np.ndarray  # [rows, obs] observation to act on next (the reset obs where an episode ended)
+    reward: np.ndarray  # [rows] float32
+    terminated: np.ndarray  # [rows] bool: a true terminal state, the only thing that stops the TD bootstrap
+    truncated: np.ndarray  # [rows] bool: time limit; the critic bootstraps through it
+    success: np.ndarray  # [rows] bool: the task's success flag at this step
 
 
 class MultiTaskVecEnv(Protocol):
-    """K tasks stepped together; autoreset happens inside :meth:`step`."""
+    """K tasks (of ``num_seeds`` runs) stepped together; autoreset happens inside :meth:`step`."""
 
     task_names: list[str]
     obs_dim: int
     act_dim: int
     max_episode_steps: int
+    num_seeds: int
 
     @property
     def num_tasks(self) -> int: ...
 
-    def reset(self, seed: int | None = None) -> np.ndarray:
-        """Reset every task; returns observations ``[K, obs]`` (float32)."""
+    @property
+    def rows(self) -> int:
+        """``num_seeds x num_tasks``: the rows of every array."""
+        ...
+
+    def reset(self, seed: int | Sequence[int] | None = None) -> np.ndarray:
+        """Reset every task; ``seed``: the run's seed (an int), or one per seed of a group. Returns observations
+        ``[rows, obs]`` (float32)."""
         ...
 
     def step(self, actions: np.ndarray) -> StepResult:
-        """Step every task with ``actions`` ``[K, act]`` in ``[-1, 1]``."""
+        """Step every task with ``actions`` ``[rows, act]`` in ``[-1, 1]``."""
         ...
 
     def render(self) -> list[np.ndarray]:

@@ -61,6 +61,7 @@ from metaworld.wrappers import (  # noqa: E402
 
 from mtrl.config import EnvConfig  # noqa: E402
 from mtrl.envs.base import StepResult, benchmark_kind, custom_tasks, eval_seed, goal_seed  # noqa: E402
+from mtrl.envs.pool import PooledVectorEnv  # noqa: E402
 
 EPISODE_STEPS = {"official": 500, "legacy": 150}
 """Default episode length of each protocol (``EnvConfig.max_episode_steps = 0``)."""
@@ -183,7 +184,9 @@ def _masked(infos: dict[str, Any], key: str, num: int) -> tuple[np.ndarray, np.n
 
 
 class MetaWorldVecEnv:
-    """K Meta-World tasks (one sub-env each) behind the :class:`~mtrl.envs.base.MultiTaskVecEnv` contract.
+    """K Meta-World tasks (one sub-env each) behind the :class:`~mtrl.envs.base.MultiTaskVecEnv` contract, for one
+    run or the ``num_seeds`` runs of a seed group (``num_seeds x K`` sub-envs, seed-major: rows ``s*K:(s+1)*K`` are
+    seed ``s``'s).
 
     Build it with :func:`make_metaworld`. The underlying gymnasium vector env (autoreset mode ``SAME_STEP``) is
     :attr:`vector_env`.
@@ -191,16 +194,18 @@ class MetaWorldVecEnv:
 
     def __init__(
         self,
-        vector_env: gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv,
+        vector_env: gym.vector.SyncVectorEnv | PooledVectorEnv,
         task_names: list[str],
         max_episode_steps: int,
         *,
         protocol: str,
         evaluation: bool,
         render: bool,
+        num_seeds: int = 1,
     ) -> None:
         self.vector_env = vector_env
         self.task_names = task_names
+        self.num_seeds = num_seeds
         self.max_episode_steps = max_episode_steps
         self.protocol = protocol
         self.evaluation = evaluation
@@ -215,33 +220,43 @@ class MetaWorldVecEnv:
     def num_tasks(self) -> int:
         return len(self.task_names)
 
-    def reset(self, seed: int | None = None) -> np.ndarray:
-        """Reset every task; ``seed`` re-seeds sub-env ``k`` with ``seed + k``. Returns obs ``[K, obs]`` float32.
+    @property
+    def rows(self) -> int:
+        """Sub-envs: ``num_seeds x num_tasks``."""
+        return self.num_seeds * self.num_tasks
+
+    def reset(self, seed: int | Sequence[int] | None = None) -> np.ndarray:
+        """Reset every sub-env; ``seed`` re-seeds sub-env ``k`` of seed ``s`` with ``seed[s] + k`` (an int: the one
+        seed of a solo env). Returns obs ``[rows, obs]`` float32.
 
         For official evaluation envs this also restarts the pass over the goals.
         """
         if self.evaluation and self.protocol == "official":
             self.vector_env.call("restart_goal_cycle")
-        obs, _ = self.vector_env.reset(seed=seed)
+        seeds: list[int | None] | None = None
+        if seed is not None:
+            seeds = [x + k for x in ([seed] if isinstance(seed, int) else seed) for k in range(self.num_tasks)]
+        obs, _ = self.vector_env.reset(seed=seeds)
         self._needs_reset = False
         return np.asarray(obs, dtype=np.float32)
 
     def step(self, actions: np.ndarray) -> StepResult:
-        """Step every task with ``actions`` ``[K, 4]`` (clipped to ``[-1, 1]``); autoresets finished episodes."""
+        """Step every sub-env with ``actions`` ``[rows, 4]`` (clipped to ``[-1, 1]``); autoresets finished
+        episodes."""
         if self._needs_reset:
             raise RuntimeError("MetaWorldVecEnv: call reset() before step()")
         actions = np.asarray(actions, dtype=np.float32)
-        if actions.shape != (self.num_tasks, self.act_dim):
-            raise ValueError(f"actions: expected shape {(self.num_tasks, self.act_dim)}, got {actions.shape}")
+        if actions.shape != (self.rows, self.act_dim):
+            raise ValueError(f"actions: expected shape {(self.rows, self.act_dim)}, got {actions.shape}")
         obs, reward, terminated, truncated, infos = self.vector_env.step(np.clip(actions, -1.0, 1.0))
-        obs = np.asarray(obs, dtype=np.float32)  # [K, obs]
+        obs = np.asarray(obs, dtype=np.float32)  # [rows, obs]
         next_obs = obs.copy()
-        k = self.num_tasks
+        n = self.rows
         if "final_obs" in infos:
             for i in np.flatnonzero(infos["_final_obs"]):
                 next_obs[i] = infos["final_obs"][i]
-        success, has = _masked(infos, "success", k)  # steps that did not end an episode
-        final_success, final_has = _masked(infos.get("final_info", {}), "success", k)  # steps that did
+        success, has = _masked(infos, "success", n)  # steps that did not end an episode
+        final_success, final_has = _masked(infos.get("final_info", {}), "success", n)  # steps that did
         success = np.where(final_has, final_success, np.where(has, success, 0.0)) > 0
         return StepResult(
             next_obs=next_obs,
@@ -281,11 +296,28 @@ class MetaWorldVecEnv:
         self.close()
 
 
-def vector_strategy(cfg: EnvConfig, *, render: bool = False) -> Literal["sync", "async"]:
-    """The vector env to build for ``cfg.vector_strategy``; ``auto`` is async (one worker process per task) when
-    ``os.cpu_count() >= K + 2`` (a core per task, one for the trainer, one spare) and nothing is rendered, else sync.
+def env_workers(cfg: EnvConfig, num_envs: int) -> int:
+    """Worker processes of an async vector env over ``num_envs`` sub-envs: ``cfg.num_workers``, or (0) one per
+    sub-env up to the CPU cores less one (the trainer's); never more than the sub-envs."""
+    cores = cpu_count()
+    return max(1, min(num_envs, cfg.num_workers or cores - 1))
+
+
+def cpu_count() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def vector_strategy(cfg: EnvConfig, *, render: bool = False, num_seeds: int = 1) -> Literal["sync", "async"]:
+    """The vector env to build for ``cfg.vector_strategy``; ``auto`` is async (the sub-envs stepped in worker
+    processes, :class:`~mtrl.envs.pool.PooledVectorEnv`) when that gives at least two workers (:func:`env_workers`:
+    a machine with at least 3 cores) and nothing is rendered, else sync.
 
     :param render: the env must render, which needs the sync vector env; an explicit ``async`` raises ValueError.
+    :param num_seeds: the runs of a seed group the env serves (``num_seeds x K`` sub-envs).
     """
     if cfg.vector_strategy not in ("auto", "sync", "async"):
         raise ValueError(f"env.vector_strategy: got {cfg.vector_strategy!r}, expected auto, sync or async")
@@ -293,14 +325,14 @@ def vector_strategy(cfg: EnvConfig, *, render: bool = False) -> Literal["sync", 
         # forked workers hang when the parent already holds an OpenGL context; frames are cheap to get in-process
         raise ValueError("env.vector_strategy: rendering needs the sync vector env; build it with vector_strategy=sync")
     if cfg.vector_strategy == "auto":
-        k = len(task_names(cfg.benchmark))
-        return "async" if not render and (os.cpu_count() or 1) >= k + 2 else "sync"
+        n = num_seeds * len(task_names(cfg.benchmark))
+        return "async" if not render and env_workers(cfg, n) >= 2 else "sync"
     return cfg.vector_strategy
 
 
 def make_metaworld(
     cfg: EnvConfig,
-    seed: int,
+    seed: int | Sequence[int],
     *,
     evaluation: bool = False,
     render: bool = False,
@@ -312,11 +344,12 @@ def make_metaworld(
     :param cfg: benchmark, protocol (official / legacy), reward version, episode length, vector strategy
         (:func:`vector_strategy`), evaluation goals (``eval_goals``).
     :param seed: the run's seed: picks the goal set (the benchmark's goal variations, the legacy goal choice), the
-        same for training and evaluation envs unless ``cfg.eval_goals`` is ``fresh``.
+        same for training and evaluation envs unless ``cfg.eval_goals`` is ``fresh``. A list: the seeds of a seed
+        group, one K-task env each (seed-major rows), each exactly the env of that seed's solo run.
     :param evaluation: official protocol: terminate on success and cycle through the 50 goals instead of sampling
         them; legacy protocol: same goal and episodes (mtrl evaluates full 150-step episodes on the fixed goals).
-    :param sim_seed: simulator seed (sub-env ``k`` gets ``sim_seed + k``); default ``seed`` for a training env and
-        :func:`~mtrl.envs.base.eval_seed` ``(seed)`` for an evaluation env.
+    :param sim_seed: simulator seed (sub-env ``k`` gets ``sim_seed + k``; one seed only); default ``seed`` for a
+        training env and :func:`~mtrl.envs.base.eval_seed` ``(seed)`` for an evaluation env.
     :param render: ``render()`` returns one ``[256, 256, 3]`` frame per task (needs offscreen OpenGL and the
         sync vector env: ``vector_strategy`` sync or auto).
     :param use_one_hot: append the task one-hot to observations (obs dim 39 + K); the agent of this package does
@@ -324,40 +357,44 @@ def make_metaworld(
     """
     if cfg.protocol not in EPISODE_STEPS:
         raise ValueError(f"env.protocol: got {cfg.protocol!r}, expected one of {', '.join(EPISODE_STEPS)}")
-    strategy = vector_strategy(cfg, render=render)
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    if sim_seed is not None and len(seeds) != 1:
+        raise ValueError("sim_seed: only for the env of one seed")
+    strategy = vector_strategy(cfg, render=render, num_seeds=len(seeds))
     max_steps = cfg.max_episode_steps or EPISODE_STEPS[cfg.protocol]
     official = cfg.protocol == "official"
-    goals = goal_seed(cfg, seed, evaluation)
-    if sim_seed is None:
-        sim_seed = eval_seed(seed) if evaluation else seed
-    tasks = _benchmark(cfg.benchmark, goals)
-    rng = np.random.default_rng(goals)  # legacy: one goal per task, in benchmark order
     fns = []
-    for k, (_, env_cls, variations) in enumerate(tasks):
-        fixed = None if official else variations[int(rng.integers(len(variations)))]
-        fns.append(
-            functools.partial(
-                _make_sub_env,
-                env_cls,
-                variations,
-                fixed,
-                seed=sim_seed + k,
-                terminate_on_success=official and evaluation,
-                cycle_goals=official and evaluation,
-                max_episode_steps=max_steps,
-                reward_version=cfg.reward_version,
-                render=render,
-                task_index=k,
-                num_tasks=len(tasks),
-                use_one_hot=use_one_hot,
+    names: list[str] = []
+    for run_seed in seeds:
+        goals = goal_seed(cfg, run_seed, evaluation)
+        sim = (eval_seed(run_seed) if evaluation else run_seed) if sim_seed is None else sim_seed
+        tasks = _benchmark(cfg.benchmark, goals)
+        names = [name for name, _, _ in tasks]
+        rng = np.random.default_rng(goals)  # legacy: one goal per task, in benchmark order
+        for k, (_, env_cls, variations) in enumerate(tasks):
+            fixed = None if official else variations[int(rng.integers(len(variations)))]
+            fns.append(
+                functools.partial(
+                    _make_sub_env,
+                    env_cls,
+                    variations,
+                    fixed,
+                    seed=sim + k,
+                    terminate_on_success=official and evaluation,
+                    cycle_goals=official and evaluation,
+                    max_episode_steps=max_steps,
+                    reward_version=cfg.reward_version,
+                    render=render,
+                    task_index=k,
+                    num_tasks=len(tasks),
+                    use_one_hot=use_one_hot,
+                )
             )
-        )
-    mode = gym.vector.AutoresetMode.SAME_STEP
-    vec: gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv
+    vec: gym.vector.SyncVectorEnv | PooledVectorEnv
     if strategy == "async":
-        vec = gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode)
+        vec = PooledVectorEnv(fns, env_workers(cfg, len(fns)))
     else:
-        vec = gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
+        vec = gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     return MetaWorldVecEnv(
-        vec, [name for name, _, _ in tasks], max_steps, protocol=cfg.protocol, evaluation=evaluation, render=render
+        vec, names, max_steps, protocol=cfg.protocol, evaluation=evaluation, render=render, num_seeds=len(seeds)
     )

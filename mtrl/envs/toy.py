@@ -9,6 +9,8 @@ the angle between two tasks: goals the tasks never trained on (``eval_goals: fre
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from mtrl.envs.base import StepResult
@@ -19,34 +21,57 @@ _SUCCESS_DIST = 0.1
 
 
 class ToyReachEnv:
-    """K point-reaching tasks; row ``k`` of every array is task ``k``."""
+    """K point-reaching tasks; row ``k`` of every array is task ``k``. With ``num_seeds`` > 1 the envs of a seed
+    group: ``num_seeds x K`` rows, seed-major, each seed's K rows with their own start-position generator (seeded by
+    :meth:`reset` as its solo env is), so seed ``s``'s rows are exactly its solo env's."""
 
     obs_dim = 2
     act_dim = 2
 
     def __init__(
-        self, num_tasks: int = 4, max_episode_steps: int = 50, render: bool = False, fresh_goals: bool = False
+        self,
+        num_tasks: int = 4,
+        max_episode_steps: int = 50,
+        render: bool = False,
+        fresh_goals: bool = False,
+        num_seeds: int = 1,
     ) -> None:
         self.task_names = [f"reach-{k}" for k in range(num_tasks)]
+        self.num_seeds = num_seeds
         self.max_episode_steps = max_episode_steps
         angles = 2 * np.pi * (np.arange(num_tasks) + (0.5 if fresh_goals else 0.0)) / num_tasks
-        self.goals = _RADIUS * np.stack([np.cos(angles), np.sin(angles)], axis=1)  # [K, 2]
-        self._rng = np.random.default_rng(0)
-        self._pos = np.zeros((num_tasks, 2))
-        self._t = np.zeros(num_tasks, dtype=np.int64)
+        self.goals = np.tile(_RADIUS * np.stack([np.cos(angles), np.sin(angles)], axis=1), (num_seeds, 1))  # [rows, 2]
+        self._rngs = [np.random.default_rng(0) for _ in range(num_seeds)]
+        self._pos = np.zeros((self.rows, 2))
+        self._t = np.zeros(self.rows, dtype=np.int64)
         self._render = render
 
     @property
     def num_tasks(self) -> int:
         return len(self.task_names)
 
-    def _start(self, n: int) -> np.ndarray:
-        return self._rng.uniform(-0.1, 0.1, size=(n, 2))
+    @property
+    def rows(self) -> int:
+        """``num_seeds x num_tasks``."""
+        return self.num_seeds * self.num_tasks
 
-    def reset(self, seed: int | None = None) -> np.ndarray:
+    def _starts(self, rows: np.ndarray) -> np.ndarray:
+        """Start positions of the rows flagged in ``rows`` ``[rows]``, each seed's from its own generator."""
+        k = self.num_tasks
+        parts = [
+            self._rngs[s].uniform(-0.1, 0.1, size=(int(rows[s * k : (s + 1) * k].sum()), 2))
+            for s in range(self.num_seeds)
+        ]
+        return np.concatenate(parts)
+
+    def reset(self, seed: int | Sequence[int] | None = None) -> np.ndarray:
+        """Reset every row; ``seed``: one per seed (an int for a solo env). Returns obs ``[rows, 2]``."""
         if seed is not None:
-            self._rng = np.random.default_rng(seed)
-        self._pos = self._start(self.num_tasks)
+            seeds = [seed] if isinstance(seed, int) else list(seed)
+            if len(seeds) != self.num_seeds:
+                raise ValueError(f"seed: got {len(seeds)} seeds for an env of {self.num_seeds}")
+            self._rngs = [np.random.default_rng(x) for x in seeds]
+        self._pos = self._starts(np.ones(self.rows, dtype=bool))
         self._t[:] = 0
         return self._pos.astype(np.float32)
 
@@ -58,13 +83,13 @@ class ToyReachEnv:
         next_obs = self._pos.astype(np.float32)
         truncated = self._t >= self.max_episode_steps
         if truncated.any():
-            self._pos[truncated] = self._start(int(truncated.sum()))
+            self._pos[truncated] = self._starts(truncated)
             self._t[truncated] = 0
         return StepResult(
             next_obs=next_obs,
             obs=self._pos.astype(np.float32),
             reward=(-dist).astype(np.float32),
-            terminated=np.zeros(self.num_tasks, dtype=bool),
+            terminated=np.zeros(self.rows, dtype=bool),
             truncated=truncated,
             success=dist < _SUCCESS_DIST,
         )

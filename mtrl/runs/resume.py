@@ -131,10 +131,12 @@ def had_checkpoints(run: Path) -> bool:
         return True  # meta.yaml unreadable: --resume says so
 
 
-def plan_resume(run: Path, cfg: TrainConfig) -> ResumePlan:
+def plan_resume(run: Path, cfg: TrainConfig, at_most: int | None = None) -> ResumePlan:
     """Decide what ``--resume`` continues from (see the module docstring); reads only.
 
     :param cfg: the run's config as ``--resume`` resolved it (its config.yaml with the command line's changes).
+    :param at_most: a seed group's common step: units past it are set aside (the others of the group did not reach
+        them), and with none left at or below it the run starts from step 0 with the group.
     :raises CheckpointError: nothing usable to resume in a run that had checkpoints; one line.
     :raises ConfigError: config.yaml or meta.yaml unusable, or ``total_steps`` below the checkpoint's step.
     """
@@ -144,7 +146,9 @@ def plan_resume(run: Path, cfg: TrainConfig) -> ResumePlan:
         raise CheckpointError(
             f"checkpoint: '{folder}' is a file, expected the folder of the run's checkpoints; move it away"
         )
-    units = checkpoint.newest_first(checkpoint.units(run))  # newest first
+    units = checkpoint.newest_first(checkpoint.units(run))
+    ahead = [u for u in units if at_most is not None and (checkpoint.step_of(u) or 0) > at_most]
+    units = [u for u in units if u not in ahead]
     damaged: list[tuple[Path, str]] = []
     mismatched: tuple[Path, list[str]] | None = None
     chosen: tuple[Path, dict[str, Any], dict[str, Any]] | None = None
@@ -161,6 +165,13 @@ def plan_resume(run: Path, cfg: TrainConfig) -> ResumePlan:
             continue
         chosen = (unit, state, buffer)
         break
+    group_notes = [
+        f"checkpoint {u.name} is past step {at_most}, the newest step every run of its seed group saved; set aside "
+        f"as {u.name}{DAMAGED}"
+        for u in ahead
+    ]
+    if chosen is None and ahead and not damaged and mismatched is None:  # the group starts again from step 0
+        return ResumePlan(None, None, None, ahead, group_notes, missing_meta)
     if chosen is None:
         if mismatched is not None:  # no unit fits config.yaml: config.yaml was edited
             unit, differences = mismatched
@@ -192,14 +203,15 @@ def plan_resume(run: Path, cfg: TrainConfig) -> ResumePlan:
         f"checkpoint {u.name} is unusable ({why}); set aside as {u.name}{DAMAGED}, resuming from step {state['step']}"
         for u, why in newer
     ]
-    set_aside = [u for u, _ in newer]
+    set_aside = ahead + [u for u, _ in newer]
+    notes = group_notes + notes
     pointer = folder / checkpoint.LATEST
     if pointer.exists() and not pointer.is_file():
         set_aside.append(pointer)
         notes.append(f"'{pointer}' is not a file; set aside as {checkpoint.LATEST}{DAMAGED}")
     elif pointer.is_file():
         named = pointer.read_text(errors="replace").strip()
-        if named != unit.name and not any(u.name == named for u, _ in newer):
+        if named != unit.name and not any(u.name == named for u in set_aside):
             notes.append(f"checkpoints/latest named {named[:60]!r}, which is not a usable unit; resuming {unit.name}")
     leftovers = sorted(p.name for p in folder.glob(f"{checkpoint.TMP}*"))
     if leftovers:
@@ -207,3 +219,41 @@ def plan_resume(run: Path, cfg: TrainConfig) -> ResumePlan:
     if missing_meta:
         notes.append("meta.yaml was missing; written again from the checkpoint (its start time is unknown)")
     return ResumePlan(state, buffer, unit, set_aside, notes, missing_meta)
+
+
+def group_members(run: Path) -> list[Path]:
+    """The run directories of the seed group ``run`` was trained in (``group`` in its meta.yaml, the runs side by
+    side in one folder), ``run`` among them; ``[run]`` for a solo run.
+
+    :raises ConfigError: a run of the group is missing, or meta.yaml cannot be read; one line.
+    """
+    path = run / "meta.yaml"
+    if not path.is_file():
+        return [run]
+    try:
+        meta = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return [run]  # plan_resume says what is wrong with it
+    group = meta.get("group") if isinstance(meta, dict) else None
+    if not isinstance(group, dict) or not isinstance(group.get("runs"), list):
+        return [run]
+    members = [run.parent / str(name) for name in group["runs"]]
+    if run.name not in group["runs"]:
+        raise ConfigError(f"--resume: '{path}' names a seed group without this run; fix or delete its group entry")
+    for member in members:
+        if not (member / "config.yaml").is_file() and not checkpoint.units(member):
+            raise ConfigError(
+                f"--resume: '{run}' was trained in a seed group of {len(members)} runs, and its run '{member}' is "
+                "missing; a group resumes together: put it back next to the others"
+            )
+    return members
+
+
+def plan_group_resume(runs: list[Path], cfgs: list[TrainConfig]) -> list[ResumePlan]:
+    """:func:`plan_resume` for every run of a seed group, at the newest step all of them saved (a crash between the
+    saves of one step leaves some runs one unit ahead: those units are set aside, said in one line each); reads
+    only. Raises as :func:`plan_resume` does for the first run that cannot be resumed."""
+    plans = [plan_resume(r, c) for r, c in zip(runs, cfgs)]
+    steps = [int(p.state["step"]) if p.state is not None else 0 for p in plans]
+    common = min(steps)
+    return [plan_resume(r, c, at_most=common) if s > common else p for r, c, p, s in zip(runs, cfgs, plans, steps)]

@@ -33,11 +33,13 @@ from mtrl.runs.tensorboard import SUCCESS, write_hparams
 class Interrupted(Exception):
     """SIGINT or SIGTERM stopped training after a checkpoint was written; the message is one line."""
 
-    def __init__(self, signum: int, step: int, run: Path, resumable: bool = True) -> None:
+    def __init__(self, signum: int, step: int, run: Path, resumable: bool = True, group: int = 1) -> None:
         self.signum, self.step, self.run = signum, step, run
         name = signal.Signals(signum).name
         saved = (
             f"checkpoint written; resume with: mtrl train --resume {run}"
+            if resumable and group == 1
+            else f"checkpoints of all {group} seeds written; resume the group with: mtrl train --resume {run}"
             if resumable
             else (f"models saved in {run / 'single_task'} (single_task runs cannot be resumed)")
         )
@@ -147,11 +149,23 @@ def run_metadata(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
-def prepare_run_dir(cfg: TrainConfig, name_prefix: str, command: str) -> tuple[TrainConfig, Path]:
+def check_run_free(run: Path) -> None:
+    """Raise :class:`RunDirError` (one line) when ``run`` exists already."""
+    if run.exists() or run.is_symlink():
+        raise RunDirError(
+            f"run_name: '{run}' exists already; choose another --run_name or continue it with --resume {run}"
+        )
+
+
+def prepare_run_dir(
+    cfg: TrainConfig, name_prefix: str, command: str, group: dict[str, Any] | None = None
+) -> tuple[TrainConfig, Path]:
     """Create a fresh run directory (never reusing an existing one) with config.yaml, command.txt, meta.yaml.
 
     :param name_prefix: ``{benchmark}__{method}``; an empty ``cfg.run_name`` becomes
         ``{name_prefix}__s{seed}__{timestamp}``.
+    :param group: the seed group the run is trained in (``{"seeds": [...], "runs": [names]}``, the runs in
+        ``cfg.run_dir``), recorded in meta.yaml as ``group``.
     :returns: the config with its run name, and the directory. It appears whole or not at all (written in a
         temporary sibling folder, then renamed).
     """
@@ -159,15 +173,15 @@ def prepare_run_dir(cfg: TrainConfig, name_prefix: str, command: str) -> tuple[T
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         cfg = replace(cfg, run_name=f"{name_prefix}__s{cfg.seed}__{stamp}")
     run = Path(cfg.run_dir) / cfg.run_name
-    if run.exists():
-        raise RunDirError(
-            f"run_name: '{run}' exists already; choose another --run_name or continue it with --resume {run}"
-        )
+    check_run_free(run)
     run.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{run.name}.tmp-", dir=run.parent))
     (staging / "config.yaml").write_text(dump_yaml(cfg))
     (staging / "command.txt").write_text(command + "\n")
-    (staging / "meta.yaml").write_text(yaml.safe_dump(run_metadata(cfg), sort_keys=False))
+    meta = run_metadata(cfg)
+    if group is not None:
+        meta["group"] = group
+    (staging / "meta.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
     try:
         os.rename(staging, run)
     except OSError:

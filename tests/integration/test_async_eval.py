@@ -68,7 +68,7 @@ def test_evaluator_matches_evaluate_on_the_same_snapshot():
     actor = _actor()
     snapshot = copy.deepcopy(actor.state_dict())
     with AsyncEvaluator(ENV, AGENT, run_seed=7, episodes=3, seed=1) as evaluator:
-        evaluator.submit(10, {k: v[0] for k, v in actor.state_dict().items()})  # one seed's weights
+        evaluator.submit(10, actor.state_dict())
         with torch.no_grad():
             actor.net.head.bias.add_(0.5)  # trained on after the snapshot: must not reach the worker
         deadline = time.monotonic() + 60

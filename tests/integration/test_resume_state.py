@@ -55,7 +55,7 @@ def assert_same(a: Any, b: Any, where: str = "state") -> None:
 def live(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The agent and replay that ``mtrl.train.train`` builds, kept after it returns."""
     objects: dict[str, Any] = {}
-    make_agent, replay = train_module.make_agent, train_module.MultiTaskReplay
+    make_agent, replay = train_module.make_group_agent, train_module.MultiTaskReplay
 
     def spy_agent(*args, **kwargs):
         objects["agent"] = make_agent(*args, **kwargs)
@@ -66,7 +66,7 @@ def live(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         objects["buffer_args"] = (args, kwargs)
         return objects["buffer"]
 
-    monkeypatch.setattr(train_module, "make_agent", spy_agent)
+    monkeypatch.setattr(train_module, "make_group_agent", spy_agent)
     monkeypatch.setattr(train_module, "MultiTaskReplay", spy_replay)
     return objects
 

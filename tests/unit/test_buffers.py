@@ -37,7 +37,7 @@ def test_wraparound_keeps_the_newest_transitions():
     buf = MultiTaskReplay(k, 3, 2, capacity=cap, batch_size=2, seed=0)
     _fill(buf, 25, k)
     assert buf.size == 10 and len(buf) == 20 and buf.pos == 5
-    steps = sorted(buf.obs[0, :, 0].tolist())
+    steps = sorted(buf.obs[0, 0, :, 0].tolist())  # [seed, task, slot, obs]
     assert steps == list(range(15, 25))
 
 

@@ -11,7 +11,8 @@ import pytest  # noqa: E402
 from mtrl.config import EnvConfig  # noqa: E402
 from mtrl.envs import make_env  # noqa: E402
 from mtrl.envs.gl import check_gl_backend  # noqa: E402
-from mtrl.envs.metaworld import make_metaworld, task_names, vector_strategy  # noqa: E402
+from mtrl.envs.metaworld import env_workers, make_metaworld, task_names, vector_strategy  # noqa: E402
+from mtrl.envs.pool import PooledVectorEnv  # noqa: E402
 
 GOAL = slice(36, 39)  # goal position in the 39-dim observation
 
@@ -201,24 +202,26 @@ def test_async_matches_sync():
     sync = make_metaworld(EnvConfig(benchmark="MT1-push-v3", max_episode_steps=4, vector_strategy="sync"), seed=2)
     asynchronous = make_metaworld(EnvConfig(benchmark="MT1-push-v3", max_episode_steps=4, vector_strategy="async"), 2)
     assert isinstance(sync.vector_env, gym.vector.SyncVectorEnv)
-    assert isinstance(asynchronous.vector_env, gym.vector.AsyncVectorEnv)
+    assert isinstance(asynchronous.vector_env, PooledVectorEnv)
     np.testing.assert_array_equal(_rollout(sync, 10), _rollout(asynchronous, 10))
     asynchronous.close()
     with pytest.raises(ValueError, match="sync"):
         make_metaworld(EnvConfig(benchmark="MT1-reach-v3", vector_strategy="async"), 0, render=True)
 
 
-def test_auto_vector_strategy_is_async_with_a_core_per_task_and_two_spare(monkeypatch):
+def test_auto_vector_strategy_is_async_where_it_gets_two_workers(monkeypatch):
+    """auto: sub-envs in worker processes when that gives at least two (one core left to the trainer), else sync."""
     mt10, mt1 = EnvConfig(benchmark="MT10"), EnvConfig(benchmark="MT1-reach-v3")
-    monkeypatch.setattr("os.cpu_count", lambda: 12)
-    assert (vector_strategy(mt10), vector_strategy(mt1)) == ("async", "async")
+    monkeypatch.setattr("mtrl.envs.metaworld.cpu_count", lambda: 3)
+    assert (vector_strategy(mt10), vector_strategy(mt1)) == ("async", "sync")  # MT1 alone: one sub-env
+    assert vector_strategy(mt1, num_seeds=2) == "async"  # a seed group of two: two sub-envs
     assert vector_strategy(mt10, render=True) == "sync"  # frames need the sync vector env
     assert vector_strategy(EnvConfig(benchmark="MT50", vector_strategy="sync")) == "sync"
-    monkeypatch.setattr("os.cpu_count", lambda: 11)
-    assert (vector_strategy(mt10), vector_strategy(mt1)) == ("sync", "async")
+    assert env_workers(mt10, 10) == 2 and env_workers(EnvConfig(benchmark="MT10", num_workers=7), 10) == 7
+    assert env_workers(EnvConfig(benchmark="MT10", num_workers=70), 10) == 10  # never more than the sub-envs
+    monkeypatch.setattr("mtrl.envs.metaworld.cpu_count", lambda: 2)
+    assert (vector_strategy(mt10), vector_strategy(mt1, num_seeds=5)) == ("sync", "sync")
     assert vector_strategy(EnvConfig(benchmark="MT10", vector_strategy="async")) == "async"
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
-    assert vector_strategy(mt1) == "sync"
     assert isinstance(make_metaworld(mt1, seed=0).vector_env, gym.vector.SyncVectorEnv)
 
 
