@@ -60,7 +60,8 @@ examples:
   mtrl bench                                        # every gradient-space combiner, both sizes, SB3 at 256 and 1280
   mtrl bench --sizes MT10 --combiners pcgrad cagrad --rounds 5
   mtrl bench --train --train-combiners mean pcgrad  # also real training steps/s on MT10
-  mtrl bench --precisions fp32 --sb3-batch          # float32 only, no SB3 comparison"""
+  mtrl bench --precisions fp32 --sb3-batch          # float32 only, no SB3 comparison
+  mtrl bench --seeds 1 2 4 8                        # seed groups against one-seed updates (add --train: training)"""
 
 SIZES = {"MT10": (10, 1280), "MT50": (50, 1250)}  # K, batch
 OBS, ACT = 39, 4
@@ -260,6 +261,99 @@ def training(
     return out
 
 
+def make_group(name: str, seeds: int, k: int, batch: int, device: torch.device, hidden: int, **extra: Any) -> MTSAC:
+    """A seed group of ``seeds`` MT-SAC agents (seeds 1..N) as :func:`make_agent` builds one."""
+    from mtrl.agents.build import make_group_agent
+
+    flat = {
+        "env.toy_tasks": k, "agent.actor.hidden_dim": hidden, "agent.actor.num_layers": 3,
+        "agent.critic.hidden_dim": hidden, "agent.critic.num_layers": 3, "buffer.batch_size": batch,
+        **_combiner_flat(name, k), **extra,
+    }  # fmt: skip
+    return make_group_agent([from_flat({**flat, "seed": s}) for s in range(1, seeds + 1)], OBS, ACT, k, device)
+
+
+def seed_groups(
+    ns: list[int], names: list[str], rounds: int, warmup: int, device: torch.device, hidden: int, bar: tqdm
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The MT10-size update (K=10, batch 1280 per seed) of a seed group of N seeds against N one-seed updates, in the
+    same process, interleaved round by round: ``{combiner: {N: {group_ms, solo_ms (one seed), ratio (group / N
+    solo updates), per_seed (group / one solo update)}}}``."""
+    k, batch = SIZES["MT10"]
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name in names:
+        data, noise = make_batch(k, batch, device)
+        fns: dict[str, Callable[[], Any]] = {}
+        solo = make_group(name, 1, k, batch, device, hidden)
+        fns["solo"] = partial(solo.update, data, noise=noise)
+        for n in ns:
+            group = make_group(name, n, k, batch, device, hidden)
+            stacked = ReplayBatch(*(_stack(x, n) for x in data))
+            group_noise = (_stack(noise[0], n), _stack(noise[1], n))
+            fns[f"group{n}"] = partial(group.update, stacked, noise=group_noise)
+        med = _interleaved(fns, rounds, warmup, device, bar)
+        out[name] = {
+            str(n): {
+                "group_ms": 1000 * med[f"group{n}"],
+                "solo_ms": 1000 * med["solo"],
+                "ratio": med[f"group{n}"] / (n * med["solo"]),
+                "per_seed": med[f"group{n}"] / med["solo"],
+            }
+            for n in ns
+        }
+    return out
+
+
+def _stack(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` copies of ``x`` along a new leading seed axis."""
+    return x.expand(n, *x.shape).contiguous()
+
+
+def seed_training(
+    bench: str, ns: list[int], steps: int, device: str, threads: int, vector: str
+) -> dict[str, dict[str, float]]:
+    """Vector steps/s of the real training loop (``mean``, the benchmark's unitary preset) for a seed group of each
+    N in ``ns``: ``{N: {steps_per_s (of each run), summed (N x that), ratio (summed over one run's)}}``."""
+    from mtrl.runs.scalars import read_scalars
+    from mtrl.runs.tensorboard import SPS
+    from mtrl.train import train_group
+
+    warmup = 200
+    sps: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in dict.fromkeys([1, *ns]):
+            items = {
+                **load_yaml(CONFIGS / f"{bench.lower()}_unitary.yaml"),
+                "total_steps": warmup + steps, "warmup_steps": warmup, "eval_interval": 0, "eval_episodes": 1,
+                "log_interval": 50, "checkpoint_interval": warmup + steps, "run_dir": tmp, "run_name": f"{bench}_n{n}",
+                "device": device, "threads": threads, "env.vector_strategy": vector, "seeds": list(range(1, n + 1)),
+            }  # fmt: skip
+            runs = train_group(from_flat(items), progress=True)
+            df = read_scalars(runs[0])
+            sps[n] = float(np.median(df[(df.tag == SPS) & (df.step > warmup + 50)].value))
+    return {str(n): {"steps_per_s": sps[n], "summed": n * sps[n], "ratio": n * sps[n] / sps[1]} for n in ns}
+
+
+def print_seed_groups(rows: dict[str, dict[str, dict[str, float]]], training: dict[str, Any]) -> None:
+    print("\nseed groups, MT10-size update (K=10, batch 1280 per seed), a group of N seeds against N one-seed updates:")
+    print(f"  {'combiner':<12}{'N':>4}{'group ms':>11}{'1 seed ms':>11}{'group / N x 1':>15}{'group / 1':>11}  target")
+    for name, by_n in rows.items():
+        for n, row in by_n.items():
+            target = "CPU: <= 1 (no regression); GPU: <= 2 at N=5"
+            print(
+                f"  {name:<12}{n:>4}{row['group_ms']:>11.1f}{row['solo_ms']:>11.1f}{row['ratio']:>15.2f}"
+                f"{row['per_seed']:>11.2f}  {target}"
+            )
+    for bench, by_n in training.items():
+        print(f"\nseed groups, training {bench} (mean): vector steps/s of each run, summed over the group, vs one run")
+        for n, row in by_n.items():
+            print(
+                f"  N={n:<3}{row['steps_per_s']:>9.2f} per run{row['summed']:>10.2f} summed"
+                f"{row['ratio']:>7.2f}x one run"
+            )
+        print("  target (GPU): summed >= 4x one run")
+
+
 def checkpoints(sizes: list[str], device: torch.device, hidden: int, bar: tqdm) -> dict[str, dict[str, float]]:
     """Size (MB) and write and read seconds of one checkpoint unit (agent with its optimizers, and the replay) at
     each benchmark size with the presets' 1M-transition replay, empty (just after the first step) and full."""
@@ -410,6 +504,12 @@ class BenchArgs:
     """torch CPU threads (0: torch's default)."""
     hidden: int = 400
     """Width of the 3 hidden layers (400: the MT10 literature's networks; small values for quick checks)."""
+    seeds: tuple[int, ...] = ()
+    """Seed groups: instead of the per-combiner tables, time the MT10-size update of a group of N seeds against N
+    one-seed updates for each N given (e.g. --seeds 1 2 4 8), for mean and --seeds-combiners; with --train, the
+    summed vector steps/s of a group against one run."""
+    seeds_combiners: tuple[str, ...] = ("pcgrad",)
+    """Combiners besides mean of the seed-group measurement."""
     json: str = "bench.json"
     """Write the results here."""
 
@@ -440,6 +540,11 @@ def cli(argv: list[str]) -> int:
         raise ConfigError("--precisions: got tf32, which needs a CUDA device; expected fp32 or bf16 here")
     if "fp32" not in args.precisions:
         raise ConfigError(f"--precisions: got {' '.join(args.precisions)}, expected fp32 among them (the reference)")
+    if any(n < 1 for n in args.seeds):
+        raise ConfigError(f"--seeds: got {' '.join(map(str, args.seeds))}, expected group sizes >= 1")
+    for name in args.seeds_combiners:
+        if name not in COMBINERS:
+            raise ConfigError(f"--seeds-combiners: got '{name}', expected some of {', '.join(COMBINERS)}")
     json_path = Path(args.json)
     check_output_file(json_path, "--json")
     keep_freed_memory()
@@ -460,6 +565,23 @@ def cli(argv: list[str]) -> int:
         "kernels": machine_kernels(device),
         "command": "mtrl bench " + " ".join(argv),
     }
+    if args.seeds:
+        ns = list(dict.fromkeys(args.seeds))
+        seed_names = _with_mean(list(args.seeds_combiners))
+        total = (args.rounds + args.warmup) * (len(ns) + 1) * len(seed_names)
+        with tqdm(total=total, desc="bench", unit="update", dynamic_ncols=True, file=sys.stderr) as bar:
+            result["seed_groups"] = seed_groups(ns, seed_names, args.rounds, args.warmup, device, args.hidden, bar)
+        result["seed_training"] = {}
+        if args.train:
+            vector = args.train_vector[0]
+            for bench in args.train_benchmarks:
+                result["seed_training"][bench] = seed_training(
+                    bench, ns, args.train_steps, str(device), args.threads, vector
+                )
+        print(f"\ndevice: {result['device']} ({result['device_name']}), torch {result['torch']}")
+        print_seed_groups(result["seed_groups"], result["seed_training"])
+        _write(json_path, result)
+        return 0
     with tqdm(total=total, desc="bench", unit="update", dynamic_ncols=True, file=sys.stderr) as bar:
         result["update"] = update_only(
             list(args.sizes), names, precisions, args.rounds, args.warmup, device, args.hidden, bar, args.compile

@@ -13,7 +13,12 @@ A sweep spec is a YAML mapping::
     run_dir: runs/sweeps/mt10              # optional, relative to the cwd; default runs/<spec file stem>
 
 Each run is ``<run_dir>/{method}__s{seed}`` (weight vectors: ``fixed-w{i}__s{seed}``), its output goes to
-``<run_dir>/<name>.log``. Every run's config is validated before anything starts. Rerunning the same spec skips
+``<run_dir>/<name>.log``. With ``--seeds-per-process N`` the seeds of one method train N at a time in one process (a
+seed group, ``mtrl train --seeds``; default: all of them where the runs train on a GPU, one on a CPU; single_task
+runs and the alternating schedule always one): the runs and their directories are the same, the group's output goes
+to ``<run_dir>/{method}__s1+s2+....log``, and a run to resume resumes with the group it was trained in.
+
+Every run's config is validated before anything starts. Rerunning the same spec skips
 finished runs (checkpoint step >= total_steps), resumes unfinished ones (``mtrl train --resume``, which may also
 extend total_steps) and moves run directories without a checkpoint (crashed before the first one) aside to
 ``<name>.failed-<timestamp>`` before starting them again; nothing is ever deleted. An existing run whose
@@ -71,12 +76,13 @@ class SweepError(ValueError):
 
 @dataclass(frozen=True)
 class Run:
-    """One run of a sweep: its name, its ``--key=value`` overrides for ``mtrl train`` (run_dir and run_name
-    included) and the config they give."""
+    """One run of a sweep: its name, its method (the variant it belongs to), its ``--key=value`` overrides for
+    ``mtrl train`` (run_dir and run_name included) and the config they give."""
 
     name: str
     overrides: dict[str, str]
     cfg: TrainConfig
+    method: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,13 +96,21 @@ class Sweep:
 
 @dataclass(frozen=True)
 class Job:
-    """What to do with one run: ``status`` is done, resume, start or restart (move the old directory aside)."""
+    """What one ``mtrl train`` process does: ``status`` is done, resume, start or restart (move the old directories
+    aside) for its runs, one run or the seeds of one method trained together (a seed group)."""
 
-    run: Run
+    runs: tuple[Run, ...]
     status: str
     step: int  # the checkpoint's step (0 without one)
     command: list[str]
     log: Path
+
+    @property
+    def name(self) -> str:
+        """The run's name, or ``{method}__s1+s2+s3`` for a seed group."""
+        if len(self.runs) == 1:
+            return self.runs[0].name
+        return f"{self.runs[0].method}__" + "+".join(f"s{r.cfg.seed}" for r in self.runs)
 
 
 def weight_vectors(k: int, steps: int = 5, random: int | None = None, seed: int = 0) -> list[tuple[float, ...]]:
@@ -208,7 +222,7 @@ def load_spec(path: str | Path, threads: int) -> Sweep:
         for seed in seeds:
             run_name = f"{name}__s{seed}"
             items = {**fixed, **over, "seed": str(seed), "run_dir": run_dir, "run_name": run_name}
-            runs.append(Run(run_name, items, _validated(run_name, items, base_cfg)[0]))
+            runs.append(Run(run_name, items, _validated(run_name, items, base_cfg)[0], name))
     return Sweep(base, Path(run_dir), runs)
 
 
@@ -252,32 +266,73 @@ def _check_same_config(run: Run, path: Path) -> None:
             )
 
 
-def plan(sweep: Sweep) -> list[Job]:
-    """Decide for every run whether it is done, resumed, started, or restarted after moving its directory aside."""
-    jobs = []
+def run_status(sweep: Sweep, run: Run) -> tuple[str, int]:
+    """Whether a run is done, resumed, started, or restarted after moving its directory aside; its checkpoint
+    step."""
+    path = sweep.run_dir / run.name
+    step = checkpoint_step(path) if path.is_dir() else None
+    # a run that had checkpoints but has none usable is resumed all the same: `mtrl train --resume` refuses it in one
+    # line (in its log) rather than the sweep training it again from step 0 over its logged curve
+    resumable = step is not None or (path.is_dir() and had_checkpoints(path))
+    if resumable:
+        _check_same_config(run, path)
+    if step is not None and step >= run.cfg.total_steps:
+        return "done", step
+    if resumable and run.cfg.agent.kind != "single_task":  # single_task runs cannot resume
+        return "resume", step or 0
+    return ("restart" if path.exists() else "start"), 0
+
+
+def plan(sweep: Sweep, seeds_per_process: int = 1) -> list[Job]:
+    """The processes to run: finished runs are skipped (a ``done`` job each); runs to resume go by the seed group
+    they were trained in (``mtrl train --resume`` of one run resumes its group); runs to start (or restart) go in
+    seed groups of up to ``seeds_per_process`` seeds of one method (``mtrl train --seeds ...``)."""
+    from mtrl.runs.resume import group_members
+
+    jobs: list[Job] = []
+    by_name = {r.name: r for r in sweep.runs}
+    status = {r.name: run_status(sweep, r) for r in sweep.runs}
+    covered: set[str] = set()
+    fresh: dict[str, list[Run]] = {}
     for run in sweep.runs:
-        path = sweep.run_dir / run.name
-        step = checkpoint_step(path) if path.is_dir() else None
-        total = run.cfg.total_steps
-        # a run that had checkpoints but has none usable is resumed all the same: `mtrl train --resume` refuses it
-        # in one line (in its log) rather than the sweep training it again from step 0 over its logged curve
-        resumable = step is not None or (path.is_dir() and had_checkpoints(path))
-        if resumable:
-            _check_same_config(run, path)
-        if step is not None and step >= total:
-            status = "done"
-        elif resumable and run.cfg.agent.kind != "single_task":  # single_task runs cannot resume
-            status = "resume"
-        else:
-            status = "restart" if path.exists() else "start"
-        cmd = [sys.executable, "-m", "mtrl", "train"]
-        if status == "resume":
-            cmd += ["--resume", str(path), f"--total_steps={total}"]
-        else:
+        what, step = status[run.name]
+        if what == "done":
+            jobs.append(Job((run,), "done", step, [], sweep.run_dir / f"{run.name}.log"))
+        elif what == "resume" and run.name not in covered:
+            path = sweep.run_dir / run.name
+            try:
+                members = [m.name for m in group_members(path)]
+            except ConfigError:  # a run of its group is missing: `mtrl train --resume` refuses it in its log
+                members = [run.name]
+            group = tuple(by_name[m] for m in members if m in by_name) or (run,)
+            covered.update(r.name for r in group)
+            total = max(r.cfg.total_steps for r in group)
+            cmd = [sys.executable, "-m", "mtrl", "train", "--resume", str(path), f"--total_steps={total}"]
+            jobs.append(_job(sweep, group, "resume", step, cmd))
+        elif what in ("start", "restart"):
+            fresh.setdefault(run.method, []).append(run)
+    for runs in fresh.values():
+        solo_only = runs[0].cfg.agent.kind == "single_task" or runs[0].cfg.agent.schedule != "joint"
+        size = 1 if solo_only else max(1, seeds_per_process)  # what a seed group cannot train runs alone
+        for i in range(0, len(runs), size):
+            chunk = tuple(runs[i : i + size])
+            cmd = [sys.executable, "-m", "mtrl", "train"]
             cmd += ["--config", str(sweep.base)] if sweep.base else []
-            cmd += [f"--{k}={v}" for k, v in run.overrides.items()]
-        jobs.append(Job(run, status, step or 0, [*cmd, "--no-progress"], sweep.run_dir / f"{run.name}.log"))
-    return jobs
+            if len(chunk) == 1:
+                cmd += [f"--{k}={v}" for k, v in chunk[0].overrides.items()]
+            else:  # one process, one run directory per seed: {method}__s{seed}, as the solo runs are named
+                shared = {k: v for k, v in chunk[0].overrides.items() if k not in ("seed", "run_name")}
+                cmd += [f"--{k}={v}" for k, v in shared.items()] + [f"--run_name={chunk[0].method}"]
+                cmd += ["--seeds", *(str(r.cfg.seed) for r in chunk)]
+            restart = any(status[r.name][0] == "restart" for r in chunk)
+            jobs.append(_job(sweep, chunk, "restart" if restart else "start", 0, cmd))
+    order = {r.name: i for i, r in enumerate(sweep.runs)}
+    return sorted(jobs, key=lambda j: order[j.runs[0].name])
+
+
+def _job(sweep: Sweep, runs: tuple[Run, ...], status: str, step: int, cmd: list[str]) -> Job:
+    job = Job(runs, status, step, [*cmd, "--no-progress"], Path())
+    return Job(runs, status, step, job.command, sweep.run_dir / f"{job.name}.log")
 
 
 def _move_aside(path: Path) -> Path:
@@ -378,8 +433,9 @@ def run_ray(ray: Any, jobs: list[Job], finished: Callable[[Job, int], None]) -> 
     try:
         for job in jobs:
             _open_log(job).close()
-            cpus = max(1, job.run.cfg.threads)
-            refs[task.options(num_cpus=cpus).remote(job.command[1:], str(job.log), os.getcwd())] = job
+            cfg = job.runs[0].cfg
+            cpus, gpus = max(1, cfg.threads), 1 if cfg.device == "cuda" else 0
+            refs[task.options(num_cpus=cpus, num_gpus=gpus).remote(job.command[1:], str(job.log), os.getcwd())] = job
         while refs:
             (ref,), _ = ray.wait(list(refs), num_returns=1)
             finished(refs.pop(ref), int(ray.get(ref)))
@@ -416,6 +472,18 @@ class SweepArgs:
     """ray: cluster address (empty: auto)."""
     dry_run: bool = False
     """Print each run's status and command; run nothing."""
+    seeds_per_process: int = 0
+    """Seeds of one method trained together in one process (a seed group, `mtrl train --seeds`); 0 = all of a
+    method's seeds where the runs' device is a GPU (device cuda, or auto on a machine with one), 1 on a CPU."""
+
+
+def default_seeds_per_process(sweep: Sweep) -> int:
+    """``--seeds-per-process 0``: every seed of a method in one process where the runs train on a GPU, else 1."""
+    import torch
+
+    device = sweep.runs[0].cfg.device
+    gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return max(len([r for r in sweep.runs if r.method == sweep.runs[0].method]), 1) if gpu else 1
 
 
 def _cpu_count() -> int:
@@ -436,34 +504,41 @@ def cli(argv: list[str]) -> int:
             raise SweepError(f"--workers: got {args.workers}, expected a positive integer")
         if args.address and args.backend != "ray":
             raise SweepError("--address: only used with --backend ray")
+        if args.seeds_per_process < 0:
+            raise SweepError(f"--seeds-per-process: got {args.seeds_per_process}, expected an integer >= 0 (0: auto)")
         sweep = load_spec(args.spec, threads=max(1, _cpu_count() // args.workers))
-        jobs = plan(sweep)
+        jobs = plan(sweep, args.seeds_per_process or default_seeds_per_process(sweep))
         ray = connect_ray(args.address) if args.backend == "ray" and not args.dry_run else None
     except (SweepError, ConfigError) as exc:
         print(f"mtrl sweep: error: {exc}", file=sys.stderr)
         return 2
+    runs = len(sweep.runs)
     if args.dry_run:
         plan_rows: list[tuple[str, ...]] = [("run", "status", "step", "command")]
-        plan_rows += [(j.run.name, j.status, str(j.step), shlex.join(["mtrl", *j.command[3:]])) for j in jobs]
+        plan_rows += [(j.name, j.status, str(j.step), shlex.join(["mtrl", *j.command[3:]])) for j in jobs]
         print(_table(plan_rows))
-        print(f"dry run: {len(jobs)} runs in {sweep.run_dir}, nothing started")
+        processes = sum(j.status != "done" for j in jobs)
+        print(f"dry run: {runs} runs in {sweep.run_dir} ({processes} processes to run), nothing started")
         return 0
 
     todo = [j for j in jobs if j.status != "done"]
     sweep.run_dir.mkdir(parents=True, exist_ok=True)
     for job in todo:
-        if job.status == "restart":
-            moved = _move_aside(sweep.run_dir / job.run.name)
-            print(f"{job.run.name}: no checkpoint; moved the old directory to {moved}", file=sys.stderr)
-    outcome = {j.run.name: ("skipped", "-") for j in jobs if j.status == "done"}
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="sweep", unit="run", dynamic_ncols=True)
+        for run in job.runs if job.status == "restart" else ():
+            path = sweep.run_dir / run.name
+            if path.exists():
+                moved = _move_aside(path)
+                print(f"{run.name}: no checkpoint; moved the old directory to {moved}", file=sys.stderr)
+    outcome = {r.name: ("skipped", "-") for j in jobs if j.status == "done" for r in j.runs}
+    bar = tqdm(total=runs, initial=runs - sum(len(j.runs) for j in todo), desc="sweep", unit="run", dynamic_ncols=True)
 
     def finished(job: Job, code: int) -> None:
         status = "failed" if code else {"resume": "resumed"}.get(job.status, "started")
-        outcome[job.run.name] = (status, str(code))
-        bar.update(1)
+        for run in job.runs:
+            outcome[run.name] = (status, str(code))
+        bar.update(len(job.runs))
         if code:
-            bar.write(f"{job.run.name}: failed with exit code {code}; see {job.log}", file=sys.stderr)
+            bar.write(f"{job.name}: failed with exit code {code}; see {job.log}", file=sys.stderr)
 
     try:
         if ray is not None:
@@ -476,10 +551,10 @@ def cli(argv: list[str]) -> int:
         return 130
     bar.close()
     rows: list[tuple[str, ...]] = [("run", "status", "exit code")]
-    rows += [(j.run.name, *outcome[j.run.name]) for j in jobs]
+    rows += [(r.name, *outcome[r.name]) for r in sweep.runs]
     print(_table(rows))
     failed = sum(status == "failed" for status, _ in outcome.values())
-    print(f"{len(jobs)} runs in {sweep.run_dir}: {failed} failed" + (" (logs: <run_dir>/<run>.log)" if failed else ""))
+    print(f"{runs} runs in {sweep.run_dir}: {failed} failed" + (" (logs: <run_dir>/<run>.log)" if failed else ""))
     return 1 if failed else 0
 
 

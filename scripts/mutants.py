@@ -44,6 +44,7 @@ SUCCESS = "tests/unit/test_success_any_step.py"
 INTERVALS = "tests/unit/test_intervals.py"
 CRASH = "tests/integration/test_crash_safety.py"
 DAMAGED = "tests/integration/test_damaged_runs.py"
+GROUPS = "tests/integration/test_seed_groups.py"
 
 MUTANTS = [
     Mutant(
@@ -205,6 +206,62 @@ MUTANTS = [
         "            checkpoint.set_aside(path)\n",
         "            pass\n",
         (DAMAGED,),
+    ),
+    Mutant(
+        "group_clip_norm",
+        "seed group: gradients clipped by the norm over the whole group",
+        "mtrl/agents/mtsac.py",
+        "    total = torch.linalg.vector_norm(norms, dim=0)  # [S]",
+        "    total = torch.linalg.vector_norm(norms).expand(norms.shape[1])",
+        (GROUPS,),
+    ),
+    Mutant(
+        "group_loss_averaged",
+        "seed group: the seeds' losses averaged (every seed's gradient shrinks by N)",
+        "mtrl/mto/grads.py",
+        "        total = (weights * losses).sum()  # seeds",
+        "        total = (weights * losses).sum() / weights.shape[0]  # seeds",
+        (GROUPS,),
+    ),
+    Mutant(
+        "group_shared_noise_generator",
+        "seed group: every seed's noise drawn from the first seed's generator",
+        "mtrl/agents/mtsac.py",
+        "generator=g, device=self.device) for g in self.generators])",
+        "generator=g, device=self.device) for g in [self.generators[0]] * len(self.generators)])",
+        (GROUPS,),
+    ),
+    Mutant(
+        "group_shared_replay_generator",
+        "seed group: every seed's replay rows drawn from the first seed's generator",
+        "mtrl/buffers.py",
+        "        for g in self.generators:",
+        "        for g in [self.generators[0]] * self.num_seeds:",
+        (GROUPS,),
+    ),
+    Mutant(
+        "group_shared_combiner",
+        "seed group: one combiner instance (state, generator) for every seed",
+        "mtrl/agents/build.py",
+        "[build_combiners(c, num_tasks) for c in cfgs]",
+        "[build_combiners(cfgs[0], num_tasks)] * len(cfgs)",
+        (GROUPS,),
+    ),
+    Mutant(
+        "group_shared_dropout_generator",
+        "seed group: every seed's dropout masks from the first seed's generator",
+        "mtrl/nets.py",
+        "for g in generators]) >= p",
+        "for g in generators[:1] * len(generators)]) >= p",
+        (GROUPS,),
+    ),
+    Mutant(
+        "group_env_seeds",
+        "seed group: every seed's envs reset with the first seed",
+        "mtrl/train.py",
+        "[s + start for s in seeds]",
+        "[seeds[0] + start for s in seeds]",
+        (GROUPS,),
     ),
 ]
 

@@ -31,9 +31,25 @@ def test_bench_writes_every_measurement(tmp_path, capsys):
     assert "matmul kernels: avx2" in printed and "vs fp32" in printed
 
 
+def test_bench_seeds_times_groups_against_one_seed_updates(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    argv = ["bench", "--seeds", "1", "3", "--rounds", "1", "--warmup", "0", "--hidden", "16", "--json", str(out)]
+    assert main(argv) == 0
+    groups = json.loads(out.read_text())["seed_groups"]
+    assert list(groups) == ["mean", "pcgrad"] and list(groups["mean"]) == ["1", "3"]
+    for by_n in groups.values():
+        for n, row in by_n.items():
+            assert row["ratio"] == pytest.approx(row["group_ms"] / (int(n) * row["solo_ms"]))
+            assert row["per_seed"] == pytest.approx(row["group_ms"] / row["solo_ms"])
+    printed = capsys.readouterr().out
+    assert "a group of N seeds against N one-seed updates" in printed and "group / N x 1" in printed
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
+        (["--seeds", "0", "2"], "--seeds: got 0 2, expected group sizes >= 1"),
+        (["--seeds", "2", "--seeds-combiners", "pcgard"], "--seeds-combiners: got 'pcgard'"),
         (["--combiners", "pcgard"], "--combiners: got 'pcgard', expected some of mean, sum"),
         (["--device", "tpu"], "--device: got 'tpu'"),
         (["--rounds", "0"], "--rounds: got 0, expected a positive integer"),
