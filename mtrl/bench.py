@@ -497,7 +497,7 @@ class BenchArgs:
     precisions: tuple[Literal["fp32", "bf16", "tf32"], ...] = ("fp32", "bf16")
     """Network precisions timed side by side (agent.precision); tf32 on CUDA only."""
     train_vector: tuple[Literal["sync", "async"], ...] = ("sync",)
-    """Env vector strategies of the training measurement (async: one process per task)."""
+    """Env vector strategies of the training measurement (async: the sub-envs in worker processes)."""
     device: str = "auto"
     """auto (cuda if available), cpu or cuda."""
     threads: int = 0

@@ -294,7 +294,8 @@ def train_group(
             if c.run_name:
                 check_run_free(Path(c.run_dir) / c.run_name)
     device = pick_device(first.device)
-    check_memory(cfgs, k, device)
+    if first.agent.kind == "mtsac":  # single_task: stable-baselines3 keeps its own replay
+        check_memory(cfgs, k, device)
     ensure_gl_backend()  # before anything imports mujoco: egl with a GPU, osmesa without
     keep_freed_memory()
     set_matmul_precision(first.agent.precision)

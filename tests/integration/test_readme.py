@@ -7,7 +7,8 @@ Each command is one of:
   as ``runs/<run_name>``, exit code 0;
 - **checked**: long work (MT10 training, a sweep of 2M-step runs) is parsed and validated exactly as the command
   would be (``mtrl train``: :func:`mtrl.cli.train_args` and :func:`mtrl.train.check_config`; ``mtrl sweep``: the
-  same command with ``--dry-run``, which checks every run's config), nothing is trained;
+  same command with ``--dry-run``, which checks every run's config), nothing is trained; ``mtrl bench`` runs every
+  part the command names on 3x16 networks (``--hidden 16``);
 - **elsewhere**: a command another test or CI runs (named in :data:`ELSEWHERE`).
 
 A README command that fits none of them fails the test: a new command gets a way to be checked when it is added.
@@ -43,7 +44,7 @@ ELSEWHERE = {
     "tensorboard --logdir runs": "tests/integration/test_tensorboard.py asks a real TensorBoard server",
 }
 
-RUN_AS_WRITTEN = re.compile(r"^mtrl (train --help|evaluate runs/|record runs/|compare runs/$|bench )")
+RUN_AS_WRITTEN = re.compile(r"^mtrl (train --help|evaluate runs/|record runs/|compare runs/$)")
 
 
 def readme_commands() -> list[str]:
@@ -92,6 +93,10 @@ def test_readme_command(command: str, workdir: tuple[Path, str], monkeypatch: py
         from mtrl.config import parse
 
         parse(CompareArgs, argv[2:], prog="mtrl compare", flags=True, hyphens=True)
+    elif argv[1] == "bench":  # every part the command names, on 3x16 networks (seconds instead of a minute)
+        monkeypatch.chdir(work)
+        code = main([*argv[1:], "--hidden", "16"])
+        assert code == 0, capsys.readouterr().err
     else:
         pytest.fail(f"README command not checked by this test: {command!r}")
 
