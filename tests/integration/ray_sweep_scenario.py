@@ -23,12 +23,12 @@ from pathlib import Path
 import yaml
 
 RUN = {
-    "total_steps": 400,
-    "warmup_steps": 100,
-    "eval_interval": 200,
+    "total_steps": 200,
+    "warmup_steps": 50,
+    "eval_interval": 100,
     "eval_episodes": 2,
     "log_interval": 50,
-    "checkpoint_interval": 100,
+    "checkpoint_interval": 50,
     "agent.actor.hidden_dim": 32,
     "agent.critic.hidden_dim": 32,
     "buffer.batch_size": 32,

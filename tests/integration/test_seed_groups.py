@@ -208,26 +208,32 @@ def _tree(path: Path) -> list[str]:
         (["--seeds", "1", "x"], "seeds: got 1, x, expected integers"),
     ],
 )
-def test_bad_group_input_exits_2_with_one_line_and_creates_nothing(tmp_path, args, message) -> None:
-    res = subprocess.run(
-        [sys.executable, "-m", "mtrl", "train", *args, "--run_dir", str(tmp_path / "runs"), "--no-progress"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert res.returncode == 2 and "Traceback" not in res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"mtrl train: error: {message}"), res.stderr
+def test_bad_group_input_exits_2_with_one_line_and_creates_nothing(tmp_path, capsys, args, message) -> None:
+    assert main(["train", *args, "--run_dir", str(tmp_path / "runs"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mtrl train: error: {message}"), err
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_preset_with_seed_and_seeds_is_refused(tmp_path: Path) -> None:
+def test_a_preset_with_seed_and_seeds_is_refused(tmp_path: Path, capsys) -> None:
     preset = tmp_path / "p.yaml"
     preset.write_text("seed: 3\nseeds: [1, 2]\n")
+    assert main(["train", "--config", str(preset), "--run_dir", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.startswith("mtrl train: error: seeds: got 1 2 together with seed 3")
+    assert not (tmp_path / "r").exists()
+
+
+def test_python_dash_m_refuses_a_bad_group_without_a_traceback(tmp_path: Path) -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "mtrl", "train", "--config", str(preset), "--run_dir", str(tmp_path / "r")],
+        [sys.executable, "-m", "mtrl", "train", "--seeds", "1", "1", "--run_dir", str(tmp_path / "runs")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert res.returncode == 2 and res.stderr.startswith("mtrl train: error: seeds: got 1 2 together with seed 3")
-    assert not (tmp_path / "r").exists()
+    assert (
+        res.returncode == 2
+        and res.stderr == "mtrl train: error: seeds: got 1 1, seed 1 is listed twice; list each seed once\n"
+    )
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_group_whose_run_exists_already_creates_none_of_its_runs(tmp_path: Path, capsys) -> None:
