@@ -61,6 +61,7 @@ examples:
   mtrl bench --sizes MT10 --combiners pcgrad cagrad --rounds 5
   mtrl bench --train --train-combiners mean pcgrad  # also real training steps/s on MT10
   mtrl bench --precisions fp32 --sb3-batch          # float32 only, no SB3 comparison
+  mtrl bench --sizes MT50 --batch 6400 --alternating 10  # at the MT50 preset's batch, with alternating steps
   mtrl bench --seeds 1 2 4 8                        # seed groups against one-seed updates (add --train: training)"""
 
 SIZES = {"MT10": (10, 1280), "MT50": (50, 1250)}  # K, batch
@@ -145,25 +146,41 @@ def update_only(
     hidden: int,
     bar: tqdm,
     compiled: bool = False,
+    alternating: Sequence[int] = (),
+    batches: dict[str, int] | None = None,
+    graph: bool = False,
 ) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
     """Per size, precision and combiner: ms per update, updates/s, ratio to ``mean`` in the same precision, speed-up
     over fp32 (same combiner), kind. All agents of a size are timed interleaved, round by round.
 
     :param compiled: also time ``mean`` with ``agent.compile`` (row ``mean+compile``).
+    :param alternating: also time Pascal et al.'s alternating schedule with groups of each of these many tasks (one
+        shared Adam; row ``alternating_g<size>``, kind ``schedule``), where the size divides K.
+    :param batches: a batch per size instead of the size's own (``SIZES``).
+    :param graph: also time ``mean`` with its update captured (``agent.graph on``: one compiled graph on a CPU, CUDA
+        graphs on a GPU; row ``mean+graph``, its compilation in the warm-up rounds).
     """
     out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
     for size in sizes:
-        k, batch = SIZES[size]
+        k, batch = SIZES[size][0], (batches or {}).get(size, SIZES[size][1])
         data, noise = make_batch(k, batch, device)
         fns: dict[str, Callable[[], Any]] = {}
         for precision in precisions:
             rows: dict[str, dict[str, Any]] = {name: {} for name in names}
             if compiled:
                 rows["mean+compile"] = {"agent.compile": True}
+            if graph:
+                rows["mean+graph"] = {"agent.graph": "on"}
+            for g in alternating:
+                if k % g == 0:
+                    rows[f"alternating_g{g}"] = {"agent.schedule": "alternating", "agent.group_size": g}
             for row, extra in rows.items():
-                agent = make_agent(row.removesuffix("+compile"), k, batch, device, hidden, **extra,
-                                   **{"agent.precision": precision})  # fmt: skip
+                name = "mean" if row.startswith("alternating_g") else row.split("+")[0]
+                agent = make_agent(name, k, batch, device, hidden, **extra, **{"agent.precision": precision})
                 fns[f"{precision}/{row}"] = partial(agent.update, data, noise=noise)
+                if row.endswith("+graph"):  # compile (and on a GPU record the graphs) before any timing
+                    for _ in range(3):
+                        fns[f"{precision}/{row}"]()
         med = _interleaved(fns, rounds, warmup, device, bar)
         out[size] = {}
         for precision in precisions:
@@ -174,12 +191,17 @@ def update_only(
                     "updates_per_s": 1 / med[key],
                     "ratio": med[key] / base,
                     "speedup_over_fp32": med[f"fp32/{row}"] / med[key] if f"fp32/{row}" in med else None,
-                    "kind": COMBINERS[row.removesuffix("+compile")].kind,
+                    "kind": _kind(row),
                 }
                 for key in med
                 if key.startswith(f"{precision}/") and (row := key.split("/", 1)[1])
             }
     return out
+
+
+def _kind(row: str) -> str:
+    """The kind of an update-table row: the combiner's, or ``schedule`` for the alternating rows."""
+    return "schedule" if row.startswith("alternating_g") else COMBINERS[row.split("+")[0]].kind
 
 
 class _Spaces(gym.Env):
@@ -229,9 +251,11 @@ def training(
     device: str,
     threads: int,
     done: Callable[[dict[str, Any]], None] = lambda out: None,
+    graph: bool = False,
 ) -> dict[str, Any]:
     """Vector steps/s of the real training loop (median of ``train/sps`` after warm-up) per benchmark, env vector
-    strategy, precision and combiner: ``{bench: {"sync/fp32/mean": steps_per_s, ...}}``; ``done(out)`` after each."""
+    strategy, precision and combiner: ``{bench: {"sync/fp32/mean": steps_per_s, ...}}``; ``done(out)`` after each.
+    ``graph``: also ``mean`` with its update captured (``.../mean+graph``)."""
     from mtrl.runs.scalars import read_scalars
     from mtrl.runs.tensorboard import SPS
     from mtrl.train import train
@@ -242,12 +266,13 @@ def training(
         for bench in benchmarks:
             for vector in vectors:
                 for precision in precisions:
-                    for name in names:
+                    for name in [*names, *(["mean+graph"] if graph else [])]:
                         k = SIZES[bench][0]
                         key = f"{vector}/{precision}/{name}"
                         items = {
                             **load_yaml(CONFIGS / f"{bench.lower()}_unitary.yaml"),
-                            **_combiner_flat(name, k),
+                            **_combiner_flat(name.split("+")[0], k),
+                            "agent.graph": "on" if name.endswith("+graph") else "off",
                             "total_steps": warmup + steps, "warmup_steps": warmup, "eval_interval": 0,
                             "eval_episodes": 1, "log_interval": 50, "checkpoint_interval": warmup + steps,
                             "run_dir": tmp, "run_name": f"{bench}_{key.replace('/', '_')}", "device": device,
@@ -310,7 +335,7 @@ def _stack(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def seed_training(
-    bench: str, ns: list[int], steps: int, device: str, threads: int, vector: str
+    bench: str, ns: list[int], steps: int, device: str, threads: int, vector: str, graph: str = "off"
 ) -> dict[str, dict[str, float]]:
     """Vector steps/s of the real training loop (``mean``, the benchmark's unitary preset) for a seed group of each
     N in ``ns``: ``{N: {steps_per_s (of each run), summed (N x that), ratio (summed over one run's)}}``."""
@@ -327,6 +352,7 @@ def seed_training(
                 "total_steps": warmup + steps, "warmup_steps": warmup, "eval_interval": 0, "eval_episodes": 1,
                 "log_interval": 50, "checkpoint_interval": warmup + steps, "run_dir": tmp, "run_name": f"{bench}_n{n}",
                 "device": device, "threads": threads, "env.vector_strategy": vector, "seeds": list(range(1, n + 1)),
+                "agent.graph": graph,
             }  # fmt: skip
             runs = train_group(from_flat(items), progress=True)
             df = read_scalars(runs[0])
@@ -429,9 +455,9 @@ def print_tables(result: dict[str, Any]) -> None:
         cells = ", ".join(f"{k} {'yes' if v is True else 'no' if v is False else v}" for k, v in kernels.items())
         print(f"matmul kernels: {cells}")
     for size, by_precision in result.get("update", {}).items():
-        k, batch = SIZES[size]
+        k, batch = SIZES[size][0], result.get("batches", {}).get(size, SIZES[size][1])
         print(f"\nupdate only, {size} size (K={k}, batch {batch}, 3x{result['hidden']}):")
-        head = f"  {'precision':<10}{'combiner':<13}{'kind':<10}{'ms':>9}{'updates/s':>11}{'x mean':>8}{'vs fp32':>9}"
+        head = f"  {'precision':<10}{'combiner':<18}{'kind':<10}{'ms':>9}{'updates/s':>11}{'x mean':>8}{'vs fp32':>9}"
         print(head + "  target")
         for precision, rows in by_precision.items():
             for name, row in rows.items():
@@ -443,7 +469,7 @@ def print_tables(result: dict[str, Any]) -> None:
                     target = f">= {BF16_TARGET}x fp32 on CPUs with AVX512-BF16"
                 speedup = f"{row['speedup_over_fp32']:.2f}x" if row["speedup_over_fp32"] is not None else "-"
                 print(
-                    f"  {precision:<10}{name:<13}{row['kind']:<10}{row['ms']:>9.1f}{row['updates_per_s']:>11.2f}"
+                    f"  {precision:<10}{name:<18}{row['kind']:<10}{row['ms']:>9.1f}{row['updates_per_s']:>11.2f}"
                     f"{row['ratio']:>8.2f}{speedup:>9}  " + target
                 )
     for row in result.get("sb3", []):
@@ -494,6 +520,8 @@ class BenchArgs:
     """Timed training steps, after 200 warm-up steps."""
     compile: bool = False
     """Also time mean with agent.compile (torch.compile)."""
+    graph: bool = False
+    """Also time mean with its whole update captured (agent.graph on; row mean+graph)."""
     precisions: tuple[Literal["fp32", "bf16", "tf32"], ...] = ("fp32", "bf16")
     """Network precisions timed side by side (agent.precision); tf32 on CUDA only."""
     train_vector: tuple[Literal["sync", "async"], ...] = ("sync",)
@@ -510,6 +538,12 @@ class BenchArgs:
     summed vector steps/s of a group against one run."""
     seeds_combiners: tuple[str, ...] = ("pcgrad",)
     """Combiners besides mean of the seed-group measurement."""
+    alternating: tuple[int, ...] = ()
+    """Also time Pascal et al.'s alternating schedule (agent.schedule alternating, one shared Adam) with groups of
+    each of these many tasks, at the sizes whose K it divides (e.g. --alternating 1 10)."""
+    batch: int = 0
+    """Batch of the update tables at every size (0: each size's own, 1280 at MT10 and 1250 at MT50; the MT50 preset
+    trains with 6400)."""
     json: str = "bench.json"
     """Write the results here."""
 
@@ -540,6 +574,13 @@ def cli(argv: list[str]) -> int:
         raise ConfigError("--precisions: got tf32, which needs a CUDA device; expected fp32 or bf16 here")
     if "fp32" not in args.precisions:
         raise ConfigError(f"--precisions: got {' '.join(args.precisions)}, expected fp32 among them (the reference)")
+    if any(g < 1 for g in args.alternating):
+        raise ConfigError(f"--alternating: got {' '.join(map(str, args.alternating))}, expected group sizes >= 1")
+    if args.batch < 0:
+        raise ConfigError(f"--batch: got {args.batch}, expected 0 (each size's own) or a batch size")
+    for size in args.sizes if args.batch else ():
+        if args.batch < SIZES[size][0]:
+            raise ConfigError(f"--batch: got {args.batch}, expected 0 or at least {SIZES[size][0]} (one row per task)")
     if any(n < 1 for n in args.seeds):
         raise ConfigError(f"--seeds: got {' '.join(map(str, args.seeds))}, expected group sizes >= 1")
     for name in args.seeds_combiners:
@@ -554,7 +595,8 @@ def cli(argv: list[str]) -> int:
     device = torch.device(auto if args.device == "auto" else args.device)
     names = _with_mean(list(args.combiners))
     precisions: list[str] = list(dict.fromkeys(args.precisions))
-    rows = (len(names) + args.compile) * len(precisions)
+    alternating = list(dict.fromkeys(args.alternating))
+    rows = (len(names) + args.compile + args.graph + len(alternating)) * len(precisions)
     total = (args.rounds + args.warmup) * (rows * len(args.sizes) + (1 + len(precisions)) * len(args.sb3_batch))
     result: dict[str, Any] = {
         "device": str(device),
@@ -565,6 +607,8 @@ def cli(argv: list[str]) -> int:
         "kernels": machine_kernels(device),
         "command": "mtrl bench " + " ".join(argv),
     }
+    if args.batch:
+        result["batches"] = {size: args.batch for size in args.sizes}
     if args.seeds:
         ns = list(dict.fromkeys(args.seeds))
         seed_names = _with_mean(list(args.seeds_combiners))
@@ -578,14 +622,19 @@ def cli(argv: list[str]) -> int:
                 result["seed_training"][bench] = seed_training(
                     bench, ns, args.train_steps, str(device), args.threads, vector
                 )
+                if args.graph:
+                    result["seed_training"][f"{bench}+graph"] = seed_training(
+                        bench, ns, args.train_steps, str(device), args.threads, vector, "on"
+                    )
         print(f"\ndevice: {result['device']} ({result['device_name']}), torch {result['torch']}")
         print_seed_groups(result["seed_groups"], result["seed_training"])
         _write(json_path, result)
         return 0
     with tqdm(total=total, desc="bench", unit="update", dynamic_ncols=True, file=sys.stderr) as bar:
         result["update"] = update_only(
-            list(args.sizes), names, precisions, args.rounds, args.warmup, device, args.hidden, bar, args.compile
-        )
+            list(args.sizes), names, precisions, args.rounds, args.warmup, device, args.hidden, bar, args.compile,
+            alternating, result.get("batches"), args.graph,
+        )  # fmt: skip
         result["sb3"] = [
             versus_sb3(b, precisions, args.rounds, args.warmup, device, args.hidden, bar) for b in args.sb3_batch
         ]
@@ -605,7 +654,7 @@ def cli(argv: list[str]) -> int:
             json_path.write_text(json.dumps({**result, "training": partial}, indent=2))
 
         result["training"] = training(
-            benchmarks, train_names, precisions, vectors, args.train_steps, str(device), args.threads, keep
+            benchmarks, train_names, precisions, vectors, args.train_steps, str(device), args.threads, keep, args.graph
         )
         print_training(result["training"])
         _write(json_path, result)

@@ -36,8 +36,9 @@ The defaults shown below are those of --config (or of the run given to --resume)
   Ctrl-C aborts"""
 
 
-RESUME_MAY_CHANGE = ("total_steps", "device", "threads")
-"""What ``--resume`` may change: the budget (to extend a run) and where it runs (to move it to another machine)."""
+RESUME_MAY_CHANGE = ("total_steps", "device", "threads", "agent.graph")
+"""What ``--resume`` may change: the budget (to extend a run), where it runs (to move it to another machine) and
+whether its update is captured (checkpoints load in either mode)."""
 
 
 def _take(argv: list[str], name: str, *, value: bool) -> tuple[str | bool | None, list[str]]:

@@ -18,20 +18,24 @@ seed group, ``mtrl train --seeds``; default: all of them where the runs train on
 runs and the alternating schedule always one): the runs and their directories are the same, the group's output goes
 to ``<run_dir>/{method}__s1+s2+....log``, and a run to resume resumes with the group it was trained in.
 
+``--methods NAME ...`` keeps only those methods of the spec; ``--scale toy`` rehearses the spec at toy size (the
+toy env with the spec's number of tasks, :data:`TOY_SCALE`, the first two seeds) in ``<run_dir>-toy``, so a study
+(``configs/sweeps/mt10_study.yaml``) can be tried end to end in a minute before its GPU-weeks.
+
 Every run's config is validated before anything starts. Rerunning the same spec skips
 finished runs (checkpoint step >= total_steps), resumes unfinished ones (``mtrl train --resume``, which may also
 extend total_steps) and moves run directories without a checkpoint (crashed before the first one) aside to
 ``<name>.failed-<timestamp>`` before starting them again; nothing is ever deleted. An existing run whose
-config.yaml differs from the spec in anything but total_steps, threads, run_dir and run_name stops the sweep
-before it starts (move that run away or restore the spec).
+config.yaml differs from the spec in anything but total_steps, threads, run_dir, run_name and agent.graph stops the
+sweep before it starts (move that run away or restore the spec).
 
 Weight grid (the static linear scalarization front of Xin et al. 2022, "Do current multi-task optimization
 methods in deep learning even help?"): every vector sums to 1, so the uniform vector is the ``mean`` combiner.
 For K = 2 tasks: ``steps`` evenly spaced vectors ``(1 - i/(steps-1), i/(steps-1))``, i = 0..steps-1. For K > 2:
 the K corners (one task only), the uniform vector, then ``random`` vectors drawn from Dirichlet(1, ..., 1) (uniform
 on the simplex) by ``numpy.random.default_rng(seed)``. Keys: ``steps`` (default 5), ``random`` (default:
-``steps``), ``seed`` (default 0). K comes from the env config (toy: env.toy_tasks, MT10: 10, MT50: 50, MT1-*: 1, a
-task list: its length).
+``steps``), ``seed`` (default 0), ``corners`` and ``uniform`` (default true: false leaves them out). K comes from
+the env config (toy: env.toy_tasks, MT10: 10, MT50: 50, MT1-*: 1, a task list: its length).
 The runs get ``combiner: fixed`` and ``combiner.weights`` on top of ``set`` (the methods' overrides do not apply).
 
 Backends: ``local`` runs at most ``--workers`` subprocesses at a time; ``ray`` (``pip install "mtrl[ray]"``)
@@ -64,9 +68,16 @@ from mtrl.config import ConfigError, TrainConfig, flatten, from_flat, load_yaml,
 from mtrl.runs.resume import had_checkpoints
 
 SPEC_KEYS = ("base", "set", "methods", "seeds", "weight_grid", "run_dir")
-GRID_KEYS = ("steps", "random", "seed")
+GRID_KEYS = ("steps", "random", "seed", "corners", "uniform")
+TOY_SCALE: dict[str, Any] = {
+    "env.benchmark": "toy", "total_steps": 800, "warmup_steps": 200, "eval_interval": 200, "eval_episodes": 5,
+    "log_interval": 100, "checkpoint_interval": 400, "agent.actor.hidden_dim": 64, "agent.actor.num_layers": 2,
+    "agent.critic.hidden_dim": 64, "agent.critic.num_layers": 2, "buffer.capacity": 20000, "env.max_episode_steps": 50,
+}  # fmt: skip
+"""``--scale toy``: the spec's runs at toy size (the toy env with the spec's number of tasks, 800 steps, 2x64
+networks; batch 8 rows per task), two seeds, in ``<run_dir>-toy``: a rehearsal of the pipeline in minutes."""
 SWEEP_OWNED = ("seed", "run_name", "run_dir")  # set by the sweep for each run
-MAY_DIFFER = {"total_steps", "threads", "run_dir", "run_name"}  # between an existing run and the spec
+MAY_DIFFER = {"total_steps", "threads", "run_dir", "run_name", "agent.graph"}  # between an existing run and the spec
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
 
 
@@ -113,13 +124,17 @@ class Job:
         return f"{self.runs[0].method}__" + "+".join(f"s{r.cfg.seed}" for r in self.runs)
 
 
-def weight_vectors(k: int, steps: int = 5, random: int | None = None, seed: int = 0) -> list[tuple[float, ...]]:
+def weight_vectors(
+    k: int, steps: int = 5, random: int | None = None, seed: int = 0, corners: bool = True, uniform: bool = True
+) -> list[tuple[float, ...]]:
     """The static scalarization weights of a weight grid (see the module docstring); each sums to 1.
 
     :param k: number of tasks, at least 2.
     :param steps: K = 2: number of evenly spaced vectors (at least 2).
     :param random: K > 2: number of Dirichlet(1) draws after the K corners and the uniform vector (default ``steps``).
     :param seed: seed of the Dirichlet draws.
+    :param corners: K > 2: include the K corners (one task only).
+    :param uniform: K > 2: include the uniform vector (the ``mean`` combiner).
     """
     if k < 2:
         raise SweepError(f"weight_grid: needs at least 2 tasks, the env config has {k}")
@@ -130,9 +145,10 @@ def weight_vectors(k: int, steps: int = 5, random: int | None = None, seed: int 
     n = steps if random is None else random
     if n < 0:
         raise SweepError(f"weight_grid.random: got {n}, expected an integer >= 0")
-    corners = [tuple(float(i == j) for j in range(k)) for i in range(k)]
+    ends = [tuple(float(i == j) for j in range(k)) for i in range(k)] if corners else []
     draws = np.random.default_rng(seed).dirichlet(np.ones(k), size=n)
-    return [*corners, (1.0 / k,) * k, *(tuple(float(w) for w in row) for row in draws)]
+    middle = [(1.0 / k,) * k] if uniform else []
+    return [*ends, *middle, *(tuple(float(w) for w in row) for row in draws)]
 
 
 def _cli_value(key: str, value: Any) -> str:
@@ -173,10 +189,14 @@ def _find_base(base: Any, spec: Path) -> Path:
     raise SweepError(f"base: '{base}' is neither next to the spec ({spec.parent}) nor in the current directory")
 
 
-def load_spec(path: str | Path, threads: int) -> Sweep:
+def load_spec(
+    path: str | Path, threads: int, scale: Literal["full", "toy"] = "full", only: Sequence[str] = ()
+) -> Sweep:
     """Read, expand and validate a sweep spec; raise a one-line :class:`SweepError` on any problem.
 
     :param threads: torch threads per run unless the spec sets ``threads``.
+    :param scale: ``toy``: every run at :data:`TOY_SCALE`, the first two seeds, in ``<run_dir>-toy``.
+    :param only: the methods to keep (names of the spec's methods, ``fixed-w<i>`` for weight vectors); all if empty.
     """
     spec = Path(path)
     try:
@@ -194,6 +214,10 @@ def load_spec(path: str | Path, threads: int) -> Sweep:
     fixed = _overrides("set", data.get("set"))
     if "threads" not in fixed:
         fixed["threads"] = str(threads)
+    if scale == "toy":
+        k = _validated("set", fixed, base_cfg)[1]
+        fixed.update({key: _cli_value(key, v) for key, v in TOY_SCALE.items()})
+        fixed.update({"env.toy_tasks": str(k), "buffer.batch_size": str(8 * k)})
     methods = data.get("methods") or {}
     if not isinstance(methods, dict):
         raise SweepError("methods: expected a mapping of method names to overrides")
@@ -201,20 +225,40 @@ def load_spec(path: str | Path, threads: int) -> Sweep:
     seeds = [_int("seeds", s) for s in (seeds if isinstance(seeds, list) else [seeds])]
     if not seeds or len(set(seeds)) != len(seeds):
         raise SweepError(f"seeds: got {data.get('seeds')!r}, expected a list of distinct integers")
+    if scale == "toy":
+        seeds = seeds[:2]
     variants = {str(name): _overrides(f"methods.{name}", over) for name, over in methods.items()}
     grid = data.get("weight_grid")
     if grid is not None:
         if not isinstance(grid, dict) or any(k not in GRID_KEYS for k in grid):
             raise SweepError(f"weight_grid: got {grid!r}, expected a mapping with keys {', '.join(GRID_KEYS)}")
-        args = {k: _int(f"weight_grid.{k}", v) for k, v in grid.items()}
+        args: dict[str, Any] = {}
+        for key, value in grid.items():
+            if key in ("corners", "uniform"):
+                if not isinstance(value, bool):
+                    raise SweepError(f"weight_grid.{key}: got {value!r}, expected true or false")
+                args[key] = value
+            else:
+                args[key] = _int(f"weight_grid.{key}", value)
         k = _validated("set", fixed, base_cfg)[1]
-        for i, w in enumerate(weight_vectors(k, **args)):
+        vectors = weight_vectors(k, **args)
+        if not vectors:
+            raise SweepError("weight_grid: gives no weight vector (corners and uniform off, random 0)")
+        for i, w in enumerate(vectors):
             variants[f"fixed-w{i}"] = {"combiner": "fixed", "combiner.weights": _cli_value("weights", w)}
     if not variants:
         raise SweepError("methods: the spec has no methods and no weight_grid; nothing to run")
+    unknown_methods = [m for m in only if m not in variants]
+    if unknown_methods:
+        names = ", ".join(variants)
+        raise SweepError(f"--methods: got '{unknown_methods[0]}', which is not a method of the spec ({names})")
+    if only:
+        variants = {name: over for name, over in variants.items() if name in only}
     run_dir = data.get("run_dir") or f"runs/{spec.stem}"
     if not isinstance(run_dir, str):
         raise SweepError(f"run_dir: got {run_dir!r}, expected a path")
+    if scale == "toy":
+        run_dir = run_dir.rstrip("/") + "-toy"
     runs = []
     for name, over in variants.items():
         if not _NAME.match(name) or "__" in name:
@@ -472,6 +516,11 @@ class SweepArgs:
     """ray: cluster address (empty: auto)."""
     dry_run: bool = False
     """Print each run's status and command; run nothing."""
+    scale: Literal["full", "toy"] = "full"
+    """toy: rehearse the sweep at toy size (the toy env with the spec's number of tasks, 800 steps, small networks,
+    the first two seeds) in <run_dir>-toy; full: as the spec says."""
+    methods: tuple[str, ...] = ()
+    """Run only these methods of the spec (fixed-w<i> for weight vectors); empty: all."""
     seeds_per_process: int = 0
     """Seeds of one method trained together in one process (a seed group, `mtrl train --seeds`); 0 = all of a
     method's seeds where the runs' device is a GPU (device cuda, or auto on a machine with one), 1 on a CPU."""
@@ -506,7 +555,7 @@ def cli(argv: list[str]) -> int:
             raise SweepError("--address: only used with --backend ray")
         if args.seeds_per_process < 0:
             raise SweepError(f"--seeds-per-process: got {args.seeds_per_process}, expected an integer >= 0 (0: auto)")
-        sweep = load_spec(args.spec, threads=max(1, _cpu_count() // args.workers))
+        sweep = load_spec(args.spec, threads=max(1, _cpu_count() // args.workers), scale=args.scale, only=args.methods)
         jobs = plan(sweep, args.seeds_per_process or default_seeds_per_process(sweep))
         ray = connect_ray(args.address) if args.backend == "ray" and not args.dry_run else None
     except (SweepError, ConfigError) as exc:

@@ -323,6 +323,8 @@ def train_group(
     eval_env = None if asynchronous else make_env(first.env, seeds, evaluation=True)
     video_envs = [make_env(c.env, c.seed, evaluation=True, render=True) for c in cfgs] if first.video_interval else []
     agent = make_group_agent(cfgs, env.obs_dim, env.act_dim, k, device)
+    if agent.graph_note:
+        print(f"mtrl train: {agent.graph_note}", file=sys.stderr)
     buffer = MultiTaskReplay(
         k, env.obs_dim, env.act_dim, first.buffer.capacity, first.buffer.batch_size,
         kind=first.buffer.kind, reward_norm=first.buffer.reward_norm, device=device, seed=seeds,

@@ -112,10 +112,22 @@ def main() -> int:
     # 3. mtrl bench, last: its JSON is rewritten after each part, so a cut-short training part keeps the rest
     bench = [*mtrl, "bench", "--json", str(out / "bench.json"), "--precisions", *precisions, "--device", device]
     if args.tiny:
-        bench += ["--sizes", "MT10", "--combiners", "pcgrad", "--rounds", "1", "--warmup", "0", "--hidden", "16"]
+        bench += [
+            "--sizes",
+            "MT10",
+            "--combiners",
+            "pcgrad",
+            "--rounds",
+            "1",
+            "--warmup",
+            "0",
+            "--hidden",
+            "16",
+            "--graph",
+        ]
         bench += ["--sb3-batch", "64"]
     else:
-        bench += ["--rounds", "5", "--warmup", "2", "--compile", "--train", "--train-steps", "200"]
+        bench += ["--rounds", "5", "--warmup", "2", "--compile", "--graph", "--train", "--train-steps", "200"]
         bench += ["--train-vector", "sync", "async"]
     rows.append(_run("bench", bench, out, 1800, deadline))
 

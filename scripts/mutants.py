@@ -45,8 +45,25 @@ INTERVALS = "tests/unit/test_intervals.py"
 CRASH = "tests/integration/test_crash_safety.py"
 DAMAGED = "tests/integration/test_damaged_runs.py"
 GROUPS = "tests/integration/test_seed_groups.py"
+GRAPH = "tests/unit/test_graph.py"
 
 MUTANTS = [
+    Mutant(
+        "graph_adam_step_count",
+        "captured update: AdamW's step counted twice (bias correction off after the first update)",
+        "mtrl/agents/graph.py",
+        'st["step"].add_(1.0)',
+        'st["step"].add_(2.0)',
+        (GRAPH,),
+    ),
+    Mutant(
+        "graph_clip_scales_up",
+        "captured update: gradient clipping also scales small gradients up",
+        "mtrl/agents/graph.py",
+        "coef = (max_norm / (total + 1e-6)).clamp(max=1.0)",
+        "coef = max_norm / (total + 1e-6)",
+        (GRAPH,),
+    ),
     Mutant(
         "next_obs_wrong_row",
         "replay: the next observation taken from the obs ring",

@@ -40,4 +40,5 @@ def make_group_agent(
     return MTSAC(
         obs_dim, act_dim, num_tasks, cfg.agent, [build_combiners(c, num_tasks) for c in cfgs], device,
         seed=[c.seed for c in cfgs], stratified=cfg.buffer.kind == "stratified",
+        updates=max(cfg.total_steps - cfg.warmup_steps, 0) * cfg.updates_per_step,
     )  # fmt: skip

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from mtrl.agents.graph import CapturedUpdate, why_not
 from mtrl.buffers import ReplayBatch
 from mtrl.config import AgentConfig, NetConfig
 from mtrl.mto import Combiner
@@ -44,6 +45,11 @@ def clip_per_seed(params: Sequence[Tensor], max_norm: float) -> Tensor:
     for g in grads:
         g.mul_(coef.view(-1, *[1] * (g.dim() - 1)))
     return total
+
+
+CPU_GRAPH_UPDATES = 50_000
+"""``agent.graph: auto`` on a CPU: capture from this many updates on. Compiled, the MT10-size update took 0.93x
+(fp32) and 0.79x (bf16) of eager on a 2-core AVX-512 EPYC, after about 50 s of compilation."""
 
 
 class _Component:
@@ -148,6 +154,8 @@ class MTSAC:
         (exploration and reparameterization noise, task groups; dropout masks from ``seed * 1000 + 4``).
     :param stratified: batches are task-major with equal rows per task (the per-task gradients then take one vmapped
         pass); False for the uniform replay.
+    :param updates: the updates the run will make; ``agent.graph: auto`` captures on a CPU from
+        :data:`CPU_GRAPH_UPDATES` on (the compilation, about a minute, must pay for itself).
     """
 
     def __init__(
@@ -161,6 +169,7 @@ class MTSAC:
         *,
         seed: int | Sequence[int] = 0,
         stratified: bool = True,
+        updates: int = 0,
     ) -> None:
         a = agent
         self.seeds = [seed] if isinstance(seed, int) else list(seed)
@@ -207,6 +216,16 @@ class MTSAC:
         self.dropout_generators = [torch.Generator(device=device).manual_seed(s * 1000 + 4) for s in self.seeds]
         self.groups: list[Tensor] = self._draw_groups() if alternating else []
         self._task_ids = torch.arange(num_tasks, device=device)
+        # agent.graph: the captured update (mtrl.agents.graph), built at the first update after any state load
+        self.captured: CapturedUpdate | None = None
+        self.graph_mode = ""  # compile (CPU), cudagraph (CUDA), or "" (eager)
+        self.graph_note = ""  # why the update runs eagerly though agent.graph asked for capture (one line)
+        if a.graph == "on" or (a.graph == "auto" and (device.type == "cuda" or updates >= CPU_GRAPH_UPDATES)):
+            reason = why_not(self)
+            if reason is None:
+                self.graph_mode = "cudagraph" if device.type == "cuda" else "compile"
+            else:
+                self.graph_note = f"agent.graph: the update runs eagerly: {reason}"
 
     @property
     def num_seeds(self) -> int:
@@ -231,6 +250,13 @@ class MTSAC:
 
     def _twin_masks(self, critic: TwinQ, rows: int) -> tuple[list[Tensor], list[Tensor]]:
         return self._masks(critic.q1, rows), self._masks(critic.q2, rows)
+
+    def _update_masks(self, rows: int) -> tuple[Any, ...]:
+        """The dropout masks of one update step, in a fixed order: the actor at obs and at next_obs, the target
+        critic, the critic, the critic in the actor's objective."""
+        actor, next_actor = self._masks(self.actor.net, rows), self._masks(self.actor.net, rows)
+        target = self._twin_masks(self.critic_target, rows)
+        return actor, next_actor, target, self._twin_masks(self.critic, rows), self._twin_masks(self.critic, rows)
 
     # ------------------------------------------------------------------------------------------------ acting
     @torch.no_grad()
@@ -336,12 +362,17 @@ class MTSAC:
         if noise is None:
             eps, next_eps = self._noise((2, n, self.act_dim)).unbind(1)
             noise = (eps, next_eps)
-        if self.agent_cfg.schedule == "joint":
-            logs = self._sac_step(batch, noise, None)
+        if self.graph_mode:
+            if self.captured is None:  # after a load_state_dicts: the optimizers' state tensors are new ones
+                self.captured = CapturedUpdate(self, self.graph_mode)
+            logs = self.captured(tuple(batch), noise, self._update_masks(n))
         else:
-            logs = self._alternating_steps(batch, noise)
-        with torch.no_grad():
-            torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.tau)
+            if self.agent_cfg.schedule == "joint":
+                logs = self._sac_step(batch, noise, None)
+            else:
+                logs = self._alternating_steps(batch, noise)
+            with torch.no_grad():
+                torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.tau)
         for name, part in self.parts.items():
             for key in part.combiner.stats_tensors:
                 logs[f"mto/{name}/{key}"] = torch.stack([c.stats_tensors[key] for c in part.combiners])
@@ -383,12 +414,7 @@ class MTSAC:
         obs, act, rew, next_obs, done, task, rew_absmax = batch
         eps, next_eps = noise
         stratified = self.stratified and group is None
-        n = obs.shape[1]
-        actor_masks = self._masks(self.actor.net, n)  # dropout masks, in a fixed order per update
-        next_masks = self._masks(self.actor.net, n)
-        target_masks = self._twin_masks(self.critic_target, n)
-        critic_masks = self._twin_masks(self.critic, n)
-        objective_masks = self._twin_masks(self.critic, n)
+        actor_masks, next_masks, target_masks, critic_masks, objective_masks = self._update_masks(obs.shape[1])
 
         # temperature, on log pi of fresh actions; every loss of this update uses the pre-step alpha
         action_now, logp_now, reused = self._sample_for_temperature_and_actor(obs, task, eps, actor_masks, group)
@@ -472,6 +498,7 @@ class MTSAC:
             if "dropout_generator" in st:
                 set_generator_state(self.dropout_generators[s], st["dropout_generator"])
         self.groups = [g.to(self.device) for g in states[0]["groups"]]
+        self.captured = None  # rebuilt on the new optimizer state at the next update
 
     def state_dict(self) -> dict[str, Any]:
         """The state of a solo agent (its one seed)."""

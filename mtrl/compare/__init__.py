@@ -18,6 +18,8 @@ The package reads top to bottom in the order of the work:
 - :mod:`~mtrl.compare.methods`: settings that are never pooled, and a readable label for each method;
 - :mod:`~mtrl.compare.aggregate`: runs grouped by setting and method, seeds summarised;
 - :mod:`~mtrl.compare.plots` and :mod:`~mtrl.compare.report`: the figures and ``summary.md``;
+- :mod:`~mtrl.compare.study`: a study's arms, each method against the best and the plain unitary variant, the
+  verdicts and ``study.md``;
 - :mod:`~mtrl.compare.cli`: :func:`compare` (all of the above, writing the files) and ``mtrl compare``.
 """
 

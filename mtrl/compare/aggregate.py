@@ -15,8 +15,8 @@ from mtrl.compare.methods import (
     SETTING_KEYS,
     describe_setting,
     differing_keys,
-    is_plain_mean,
     method_labels,
+    regularizers_on,
 )
 from mtrl.compare.reading import Run, SetApart
 from mtrl.compare.stats import bootstrap_ci, iqm, probability_of_improvement
@@ -80,6 +80,8 @@ class Comparison:
     summary: str = ""
     """Markdown written to ``summary.md``."""
     files: list[Path] = field(default_factory=list)
+    studies: list[Any] = field(default_factory=list)
+    """The study view of each setting that is a study (:class:`mtrl.compare.study.Study`)."""
 
 
 def _seed_sort_key(run: Run) -> tuple[int, Any]:
@@ -118,11 +120,11 @@ def aggregate_setting(
             kept[key] = run
         by_label[label_of[sig]] = sorted(kept.values(), key=_seed_sort_key)
 
-    plain = [lab for lab, rs in by_label.items() if is_plain_mean(rs[0].config)]
+    plain = {lab: n for lab, rs in by_label.items() if (n := regularizers_on(rs[0].config)) is not None}
     if baseline is None or baseline not in by_label:
         if baseline is not None:
             notes.append(f"baseline '{baseline}' is not a method of this setting; using the default instead")
-        baseline = min(plain, key=lambda s: (len(s), s)) if plain else sorted(by_label)[0]
+        baseline = min(plain, key=lambda s: (plain[s], len(s), s)) if plain else sorted(by_label)[0]
     order = [baseline, *sorted(lab for lab in by_label if lab != baseline)]
 
     base_finals = np.array([r.final for r in by_label[baseline]])

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import tyro
 
@@ -15,6 +16,7 @@ from mtrl.compare.methods import SETTING_KEYS, describe_setting, setting_key
 from mtrl.compare.plots import plot_iqm, plot_success_curves
 from mtrl.compare.reading import CompareError, Run, SetApart, find_runs, load_run
 from mtrl.compare.report import methods_table, plural, summary_markdown
+from mtrl.compare.study import study, study_markdown, verdict_table
 from mtrl.runs.scalars import FINAL_WINDOW, final_rule
 from mtrl.runs.tensorboard import write_hparams
 
@@ -33,6 +35,7 @@ def compare(
     include_unfinished: bool = False,
     hparams: bool = False,
     warn: Callable[[str], None] | None = None,
+    expected: Sequence[tuple[str, dict[str, Any]]] | None = None,
 ) -> Comparison:
     """Read runs, group them by setting and method, aggregate seeds, write plots and ``summary.md`` into ``out``.
 
@@ -46,6 +49,8 @@ def compare(
     :param include_unfinished: keep runs whose last evaluation is before 95% of ``total_steps``.
     :param hparams: write an HParams summary (:func:`write_hparams`) into runs that lack one.
     :param warn: called with one-line warnings (default: print to stderr).
+    :param expected: ``(run name, flat config)`` of every run of a study's sweep spec: the study report
+        (``study.md``) then says which of them are missing.
     :raises CompareError: no runs found, a path is missing, or no run has evaluations.
     """
     warn = warn or (lambda msg: print(f"mtrl compare: warning: {msg}", file=sys.stderr))
@@ -109,6 +114,13 @@ def compare(
         path = setting.out_dir / "success_curves.png"
         result.files.append(plot_success_curves(setting, path, final_window, reps, seed))
         result.files.append(plot_iqm(setting, setting.out_dir / "iqm.png", final_window))
+    for i, setting in enumerate(settings):
+        view = study(setting, set_apart, expected if i == 0 else None, reps, seed)
+        if view is not None:
+            path = setting.out_dir / "study.md"
+            path.write_text(study_markdown(view))
+            result.studies.append(view)
+            result.files.append(path)
     result.summary = summary_markdown(result, out)
     summary_path = out / "summary.md"
     summary_path.write_text(result.summary)
@@ -136,17 +148,25 @@ class CompareArgs:
     - runs of different settings (benchmark, protocol, reward version, episode length, total_steps, evaluation
       schedule) are never pooled but compared separately
     - writes success_curves.png, iqm.png and summary.md into --out and prints the summary table
-    - example: mtrl compare runs/ --final-window 0.1 --out compare/"""
+    - a study (unitary scalarization and other arms: static weights, combiners, alternating steps) also gets
+      study.md: each method against the best and the plain unitary variant, and a verdict table
+    - example: mtrl compare runs/ --final-window 0.1 --out compare/
+    - a study of a sweep spec: mtrl compare --spec configs/sweeps/mt10_study.yaml (says what is missing)"""
 
-    runs: tyro.conf.Positional[tuple[str, ...]]
-    """Run directories, or folders searched recursively for them."""
+    runs: tyro.conf.Positional[tuple[str, ...]] = ()
+    """Run directories, or folders searched recursively for them (default with --spec: the spec's run_dir)."""
+    spec: str = ""
+    """The sweep spec of a study: its runs are the ones expected, and the report names those missing."""
+    scale: Literal["full", "toy"] = "full"
+    """With --spec: the scale the sweep ran at (toy: mtrl sweep --scale toy)."""
     final_window: float = FINAL_WINDOW
     """Final success = mean of the evaluations in this last fraction of each run's steps, at least its last
     evaluation (never the max over training)."""
     out: str = "compare"
     """Output folder."""
     baseline: str = ""
-    """Method label for P(improvement); empty: plain `mean` without regularizers if present, else the first."""
+    """Method label for P(improvement); empty: the `mean` method with the fewest regularizers on if present, else
+    the first."""
     reps: int = 2000
     """Bootstrap replications."""
     seed: int = 0
@@ -173,13 +193,27 @@ def cli(argv: list[str]) -> int:
             args = parse(CompareArgs, argv, prog="mtrl compare", flags=True, hyphens=True)
         except SystemExit as exc:  # --help
             return int(exc.code or 0)
-        if not args.runs:
-            raise ConfigError("runs: give at least one run directory or folder of runs")
+        expected = None
+        paths = list(args.runs)
+        if args.spec:
+            from mtrl.config import to_flat
+            from mtrl.sweep import SweepError, load_spec
+
+            try:
+                sweep = load_spec(args.spec, threads=1, scale=args.scale)
+            except SweepError as exc:
+                raise ConfigError(f"--spec: {exc}") from None
+            expected = [(r.name, to_flat(r.cfg)) for r in sweep.runs]
+            paths = paths or [str(sweep.run_dir)]
+        elif args.scale != "full":
+            raise ConfigError("--scale: only used with --spec")
+        if not paths:
+            raise ConfigError("runs: give at least one run directory or folder of runs (or --spec)")
         if args.seed < 0:
             raise ConfigError(f"--seed: got {args.seed}, expected an integer >= 0")
         check_output_dir(args.out, "--out")
         result = compare(
-            args.runs,
+            paths,
             out=args.out,
             final_window=args.final_window,
             baseline=args.baseline or None,
@@ -187,6 +221,7 @@ def cli(argv: list[str]) -> int:
             seed=args.seed,
             include_unfinished=args.include_unfinished,
             hparams=args.write_hparams,
+            expected=expected,
         )
     except (CompareError, ConfigError) as exc:
         print(f"mtrl compare: error: {exc}", file=sys.stderr)
@@ -195,6 +230,10 @@ def cli(argv: list[str]) -> int:
         print(f"\n## {s.description}\n")
         print(methods_table(s))
         print(f"\nplots: {s.out_dir / 'success_curves.png'}, {s.out_dir / 'iqm.png'}")
+    for view in result.studies:
+        print(f"\n## Study verdicts: {view.setting.description} (against the best unitary variant `{view.best}`)\n")
+        print(verdict_table(view))
+        print(f"\nstudy: {view.setting.out_dir / 'study.md'}")
     if result.set_apart:
         print(f"\n{plural(len(result.set_apart), 'run')} set apart:")
         for a in result.set_apart:

@@ -76,6 +76,11 @@ def _fmt_num(v: float | int) -> str:
 
 
 def fmt_value(v: Any) -> str:
+    """A value for a label: short numbers; a list as ``[a,b,c]``, a long one (task weights of MT50) as its first
+    three items and its length, ``[a,b,c,...(50)]``."""
+    if isinstance(v, (list, tuple)):
+        items = [fmt_value(x) for x in v]
+        return "[" + ",".join(items if len(items) <= 4 else [*items[:3], f"...({len(items)})"]) + "]"
     return _fmt_num(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
 
@@ -178,10 +183,13 @@ def method_labels(configs: Sequence[dict[str, Any]], defaults: dict[str, Any] | 
     return labels
 
 
-def is_plain_mean(cfg: dict[str, Any]) -> bool:
-    if _agent_name(cfg) is not None or _combiner(cfg) != "mean":
-        return False
-    return not any(cfg[k] for k in cfg if k.rsplit(".", 1)[-1] in REGULARIZERS)
+def regularizers_on(cfg: dict[str, Any]) -> int | None:
+    """How many regularizer/stabilizer keys a ``mean`` run (joint schedule, MT-SAC) has on; None for other runs. The
+    default baseline is the ``mean`` method with the fewest: plain ``mean`` where there is one, else (every run
+    clips its gradients, say) the ``mean`` run with only the setting's shared stabilizers."""
+    if _agent_name(cfg) is not None or _combiner(cfg) != "mean" or cfg.get("agent.schedule") == "alternating":
+        return None
+    return sum(bool(cfg[k]) for k in cfg if k.rsplit(".", 1)[-1] in REGULARIZERS)
 
 
 def describe_setting(cfg: dict[str, Any]) -> str:

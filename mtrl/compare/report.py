@@ -111,6 +111,15 @@ def summary_markdown(result: Comparison, out: Path) -> str:
                 else "All runs share one configuration apart from the seed."
             ),
             "",
+            *(
+                [
+                    f"Study report (each method against the best and the plain unitary variant, verdicts): "
+                    f"[{prefix}study.md]({prefix}study.md)",
+                    "",
+                ]
+                if any(view.setting is s for view in result.studies)
+                else []
+            ),
             f"![success rate during training]({prefix}success_curves.png)",
             "",
             f"![IQM of final success]({prefix}iqm.png)",

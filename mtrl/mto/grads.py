@@ -136,7 +136,8 @@ def combine_backward(
     grads, losses = per_task_grads(loss_rows, params, inputs, task, k, stratified)  # {n: [S, K, ...]}, [S, K]
     shared = [n for n in params if n not in task_specific]
     out = {n: torch.empty_like(params[n]) for n in shared}  # each seed's slice written below
-    for s, combiner in enumerate(combiners):  # the small K x K solves, one seed at a time
+    # no shared parameter (a per-task temperature): every parameter takes its own task's gradient, nothing to combine
+    for s, combiner in enumerate(combiners if shared else []):  # the small K x K solves, one seed at a time
         blocks = [grads[n][s].reshape(k, -1) for n in shared]  # [K, P_n] views
         if combiner.accepts_blocks:  # no copy of G into one [K, P] matrix
             result = combiner(blocks, losses[s])

@@ -218,7 +218,7 @@ def test_resume_refusals_change_nothing(finished, tmp_path, capsys):
     run = _copy(finished, tmp_path)
     resume = ["train", "--resume", str(run), "--no-progress"]
     _refused(capsys, run, [*resume, "--total_steps", "200"], "total_steps: got 200, but the checkpoint of")
-    only = "only total_steps, device, threads may change when resuming"
+    only = "only total_steps, device, threads, agent.graph may change when resuming"
     _refused(capsys, run, [*resume, "--agent.actor.lr", "0.1"], only)
 
 

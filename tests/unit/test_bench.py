@@ -31,6 +31,19 @@ def test_bench_writes_every_measurement(tmp_path, capsys):
     assert "matmul kernels: avx2" in printed and "vs fp32" in printed
 
 
+def test_bench_alternating_rows_at_a_given_batch(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    argv = ["bench", "--sizes", "MT10", "--combiners", "--alternating", "1", "3", "5", "--batch", "40"]
+    argv += ["--precisions", "fp32", "--sb3-batch", "--rounds", "1", "--warmup", "0", "--hidden", "16"]
+    assert main([*argv, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result["update"]["MT10"]["fp32"]
+    assert list(rows) == ["mean", "alternating_g1", "alternating_g5"]  # 3 does not divide K = 10
+    assert rows["alternating_g1"]["kind"] == "schedule" and rows["alternating_g1"]["ratio"] > 0
+    assert result["batches"] == {"MT10": 40}
+    assert "MT10 size (K=10, batch 40, 3x16)" in capsys.readouterr().out
+
+
 def test_bench_seeds_times_groups_against_one_seed_updates(tmp_path, capsys):
     out = tmp_path / "b.json"
     argv = ["bench", "--seeds", "1", "3", "--rounds", "1", "--warmup", "0", "--hidden", "16", "--json", str(out)]
@@ -58,6 +71,9 @@ def test_bench_seeds_times_groups_against_one_seed_updates(tmp_path, capsys):
         (["--json", "/proc/b.json"], "--json: '/proc/b.json' cannot be written"),
         (["--json", "/"], "--json: '/' is a directory, expected a file"),
         (["--precisions", "bf16"], "--precisions: got bf16, expected fp32 among them"),
+        (["--alternating", "0"], "--alternating: got 0, expected group sizes >= 1"),
+        (["--batch", "-1"], "--batch: got -1, expected 0"),
+        (["--batch", "20", "--sizes", "MT50"], "--batch: got 20, expected 0 or at least 50"),
     ],
 )
 def test_bench_bad_input_is_one_line(tmp_path, capsys, args, message):

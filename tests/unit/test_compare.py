@@ -329,3 +329,21 @@ def test_steps_per_second_of_runs_written_by_earlier_versions_are_read(tmp_path:
             w.add_scalar("charts/sps", 40.0, step)
     assert load_run(make_run(tmp_path, "new", [0.5], sps=30.0)).sps == pytest.approx(30.0)
     assert load_run(run).sps == pytest.approx(20.0)  # ten 0.0 (train/sps) and ten 40.0 (charts/sps)
+
+
+def test_default_baseline_is_the_plainest_mean_when_every_run_has_stabilizers(tmp_path: Path) -> None:
+    """Runs that all clip gradients (a preset's shared stabilizer) have no plain ``mean``: the baseline is the mean
+    method with the fewest regularizers on, not the first label (``famo``) or the alternating schedule."""
+    root = tmp_path / "runs"
+    shared = {"agent.actor.max_grad_norm": 1.0, "agent.critic.max_grad_norm": 1.0}
+    methods = {
+        "a_famo": {"combiner": "famo"},
+        "alt": {"combiner": "mean", "agent.schedule": "alternating"},
+        "mean_ln": {"combiner": "mean", "agent.actor.layer_norm": True},
+        "mean": {"combiner": "mean"},
+    }
+    for name, over in methods.items():
+        for seed in (1, 2):
+            make_run(root, f"{name}__s{seed}", [0.1, 0.2, 0.3, 0.3, 0.3], seed=seed, **shared, **over)
+    setting = compare([root], out=tmp_path / "out", final_window=0.5, reps=100, seed=0).settings[0]
+    assert setting.baseline == "mean" and setting.methods[0].label == "mean"

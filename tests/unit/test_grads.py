@@ -185,3 +185,18 @@ def test_deferred_finite_check_raises_at_check_finite_not_in_update():
     with pytest.raises(NonFiniteError, match="combiner 'mean' got a non-finite loss for task 2"):
         agent.check_finite()
     agent.check_finite()  # reported once, then cleared
+
+
+def test_a_gradient_space_combiner_on_a_part_without_shared_parameters_leaves_each_task_its_gradient():
+    """combine_alpha with a per-task temperature: log_alpha has one entry per task and nothing is shared, so the
+    combiner has nothing to combine and each entry gets its own task's gradient (it used to fail: empty blocks)."""
+    from mtrl.mto.pcgrad import PCGrad
+
+    agent, task, obs, act = _setup("one_hot")
+    logp = torch.randn(1, K * M)
+    params = dict(agent.alpha.named_parameters())
+    losses = combine_backward(agent._alpha_rows, params, (logp, task), task, [PCGrad(K)], {"log_alpha"})
+    rows = agent._alpha_rows(params, (logp, task))
+    expected = torch.autograd.grad(task_mean(rows, task, K).mean(), [params["log_alpha"]])  # the mean convention
+    torch.testing.assert_close(params["log_alpha"].grad, expected[0])
+    assert losses.shape == (1, K)
