@@ -164,7 +164,7 @@ class CapturedUpdate:
         self, batch: tuple[Tensor, ...], noise: tuple[Tensor, Tensor], masks: tuple[Any, ...]
     ) -> dict[str, Tensor]:
         agent = self.agent
-        obs, act, rew, next_obs, done, task, rew_absmax = batch
+        obs, act, _, _, _, task, _ = batch
         eps, next_eps = noise
         actor_masks, next_masks, target_masks, critic_masks, objective_masks = masks
 
@@ -173,15 +173,7 @@ class CapturedUpdate:
             alpha = agent._alpha_of(task, agent.alpha.log_alpha).exp()  # [S, N], the pre-step temperature
         alpha_losses, _ = self._part_step("alpha", agent._alpha_rows, (logp_now, task), task)
 
-        with torch.no_grad():
-            next_action, next_logp = agent.actor(next_obs, task, next_eps, next_masks)
-            tq1, tq2 = agent.critic_target(next_obs, next_action, task, target_masks)
-            target = rew + (1.0 - done) * agent.gamma * (torch.minimum(tq1, tq2) - alpha * next_logp)
-            if agent.agent_cfg.q_target_clip:
-                bound = rew_absmax / (1.0 - agent.gamma)
-                target = torch.maximum(torch.minimum(target, bound), -bound)
-            if agent.q_value_max > 0:
-                target = target.clamp(-agent.q_value_max, agent.q_value_max)
+        target = agent.td_target(batch, next_eps, alpha, next_masks, target_masks)
         critic_losses, critic_norm = self._part_step(
             "critic", agent._critic_rows, (obs, act, target, task, critic_masks), task
         )

@@ -411,7 +411,7 @@ class MTSAC:
     def _sac_step(self, batch: ReplayBatch, noise: tuple[Tensor, Tensor], group: int | None) -> dict[str, Tensor]:
         """Temperature, critic and actor steps on one batch ``[S, N, ...]`` (the whole batch, or one task group's
         rows)."""
-        obs, act, rew, next_obs, done, task, rew_absmax = batch
+        obs, act, _, _, _, task, _ = batch
         eps, next_eps = noise
         stratified = self.stratified and group is None
         actor_masks, next_masks, target_masks, critic_masks, objective_masks = self._update_masks(obs.shape[1])
@@ -423,15 +423,7 @@ class MTSAC:
         alpha_losses, _ = self.alpha_part.step(self._alpha_rows, (logp_now.detach(), task), task, stratified, group)
 
         # critic
-        with torch.no_grad():
-            next_action, next_logp = self.actor(next_obs, task, next_eps, next_masks)
-            tq1, tq2 = self.critic_target(next_obs, next_action, task, target_masks)
-            target = rew + (1.0 - done) * self.gamma * (torch.minimum(tq1, tq2) - alpha * next_logp)
-            if self.agent_cfg.q_target_clip:
-                bound = rew_absmax / (1.0 - self.gamma)
-                target = torch.maximum(torch.minimum(target, bound), -bound)
-            if self.q_value_max > 0:
-                target = target.clamp(-self.q_value_max, self.q_value_max)
+        target = self.td_target(batch, next_eps, alpha, next_masks, target_masks)
         critic_losses, critic_norm = self.critic_part.step(
             self._critic_rows, (obs, act, target, task, critic_masks), task, stratified, group
         )
@@ -456,6 +448,22 @@ class MTSAC:
         if actor_norm is not None:
             logs["losses/actor_grad_norm"] = actor_norm
         return logs
+
+    @torch.no_grad()
+    def td_target(
+        self, batch: Sequence[Tensor], next_eps: Tensor, alpha: Tensor, next_masks: list[Tensor], target_masks: Any
+    ) -> Tensor:
+        """The critic's TD target ``[S, N]`` with the pre-step temperature ``alpha``, clipped as configured."""
+        _, _, rew, next_obs, done, task, rew_absmax = batch
+        next_action, next_logp = self.actor(next_obs, task, next_eps, next_masks)
+        tq1, tq2 = self.critic_target(next_obs, next_action, task, target_masks)
+        target = rew + (1.0 - done) * self.gamma * (torch.minimum(tq1, tq2) - alpha * next_logp)
+        if self.agent_cfg.q_target_clip:
+            bound = rew_absmax / (1.0 - self.gamma)
+            target = torch.maximum(torch.minimum(target, bound), -bound)
+        if self.q_value_max > 0:
+            target = target.clamp(-self.q_value_max, self.q_value_max)
+        return target
 
     def _draw_groups(self) -> list[Tensor]:
         """A random partition of the tasks into groups of ``agent.group_size`` (the last may be smaller)."""
