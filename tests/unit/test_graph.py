@@ -27,7 +27,8 @@ FEATURES = {
         "agent.actor.dropout": 0.1, "agent.critic.dropout": 0.1,
     },
     "clipping_weight_decay": {
-        "agent.actor.max_grad_norm": 0.5, "agent.critic.max_grad_norm": 0.5, "agent.actor.weight_decay": 0.01,
+        # the critic's norm above its bound (clipped), the actor's below (left as it is)
+        "agent.actor.max_grad_norm": 100.0, "agent.critic.max_grad_norm": 0.5, "agent.actor.weight_decay": 0.01,
         "agent.q_target_clip": True, "agent.q_value_max": 50.0,
     },
     "shared_temperature_alpha_loss": {"agent.temperature": "shared", "agent.alpha_loss": "alpha"},
