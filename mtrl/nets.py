@@ -93,6 +93,15 @@ def dropout_mask(p: float, shape: tuple[int, ...], generators: list[torch.Genera
     return keep.float() / (1.0 - p)
 
 
+def seed_clip_coefficients(grads: list[Tensor], max_norm: float) -> tuple[Tensor, Tensor]:
+    """Each seed's factor ``[S]`` that scales its slice of ``grads`` (leading seed axis) to a global norm of at most
+    ``max_norm``, as ``torch.nn.utils.clip_grad_norm_`` scales one network's (never above 1), and each seed's norm
+    before clipping ``[S]``."""
+    norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])  # [P, S]
+    total = torch.linalg.vector_norm(norms, dim=0)  # [S]
+    return (max_norm / (total + 1e-6)).clamp(max=1.0), total
+
+
 def mlp(
     in_dim: int, hidden_dim: int, num_layers: int, *, layer_norm: bool = False, dropout: float = 0.0
 ) -> nn.Sequential:

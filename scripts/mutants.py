@@ -46,6 +46,7 @@ CRASH = "tests/integration/test_crash_safety.py"
 DAMAGED = "tests/integration/test_damaged_runs.py"
 GROUPS = "tests/integration/test_seed_groups.py"
 GRAPH = "tests/unit/test_graph.py"
+SEED_PARTS = "tests/unit/test_seed_group_parts.py"
 
 MUTANTS = [
     Mutant(
@@ -57,12 +58,12 @@ MUTANTS = [
         (GRAPH,),
     ),
     Mutant(
-        "graph_clip_scales_up",
-        "captured update: gradient clipping also scales small gradients up",
-        "mtrl/agents/graph.py",
-        "coef = (max_norm / (total + 1e-6)).clamp(max=1.0)",
-        "coef = max_norm / (total + 1e-6)",
-        (GRAPH,),
+        "clip_scales_up",
+        "update (eager and captured): gradient clipping also scales small gradients up",
+        "mtrl/nets.py",
+        "return (max_norm / (total + 1e-6)).clamp(max=1.0), total",
+        "return max_norm / (total + 1e-6), total",
+        (SEED_PARTS, GRAPH),
     ),
     Mutant(
         "next_obs_wrong_row",
@@ -227,7 +228,7 @@ MUTANTS = [
     Mutant(
         "group_clip_norm",
         "seed group: gradients clipped by the norm over the whole group",
-        "mtrl/agents/mtsac.py",
+        "mtrl/nets.py",
         "    total = torch.linalg.vector_norm(norms, dim=0)  # [S]",
         "    total = torch.linalg.vector_norm(norms).expand(norms.shape[1])",
         (GROUPS,),

@@ -10,8 +10,8 @@ from the same generators and in the same order as the eager update, so both mode
 
 On a CPU the function is compiled whole (``torch.compile(fullgraph=True)``): this is also the proof that nothing in
 it breaks a graph or syncs with the host. On CUDA it is compiled with ``mode="reduce-overhead"`` (CUDA graphs,
-replayed each step). Non-finite losses are recorded on the device and raised at the agent's next
-:meth:`~mtrl.agents.mtsac.MTSAC.check_finite` (before each log and checkpoint), as on a GPU in eager mode.
+replayed each step). Non-finite losses are recorded on the device, inside the function, and raised at the agent's
+next :meth:`~mtrl.agents.mtsac.MTSAC.check_finite` (before each log and checkpoint), as on a GPU in eager mode.
 
 What is not captured (:func:`why_not`) runs eagerly, and the training loop says why in one line: the alternating
 schedule (a data-dependent row selection per task group), gradient-space combiners and loss-space combiners whose
@@ -32,6 +32,7 @@ from mtrl.mto.fixed import Fixed
 from mtrl.mto.grads import task_mean
 from mtrl.mto.mean import Mean
 from mtrl.mto.sum import Sum
+from mtrl.nets import seed_clip_coefficients
 
 MTSAC = Any  # mtrl.agents.mtsac.MTSAC, which imports this module (no import back: the layers have no cycle)
 
@@ -134,13 +135,11 @@ class CapturedUpdate:
             p.sub_(st["exp_avg"] / denom * (lr / bias1))
 
     def _clip(self, name: str, grads: list[Tensor]) -> tuple[list[Tensor], Tensor | None]:
-        """Each seed's gradient-norm clipping (as :func:`mtrl.agents.mtsac.clip_per_seed`)."""
+        """Each seed's gradient-norm clipping, out of place (:func:`mtrl.agents.mtsac.clip_per_seed` is in place)."""
         max_norm = self.agent.parts[name].max_grad_norm
         if max_norm <= 0:
             return grads, None
-        norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])  # [P, S]
-        total = torch.linalg.vector_norm(norms, dim=0)  # [S]
-        coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        coef, total = seed_clip_coefficients(grads, max_norm)
         return [g * coef.view(-1, *[1] * (g.dim() - 1)) for g in grads], total
 
     def _part_step(self, name: str, loss_rows: Any, inputs: Any, task: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -205,9 +204,13 @@ class CapturedUpdate:
             logs = self.fn(tuple(batch), noise, masks)
         if self.mode == "cudagraph":  # the outputs live in the graph's pool: copy them before the next replay
             logs = {k: v.clone() for k, v in logs.items()}
-        for part, bad in self.bad.items():  # raised at the next check_finite (before each log and checkpoint)
+        return logs
+
+    def flush_finite(self) -> None:
+        """Hand the non-finite losses seen since the last call to the combiners' deferred checks (raised by the
+        agent's ``check_finite``, before each log and checkpoint), off the per-update path."""
+        for part, bad in self.bad.items():
             for s, combiner in enumerate(self.agent.parts[part].combiners):
                 seen = bad[s].clone()  # not a view: bad is cleared below
                 combiner._deferred_bad = seen if combiner._deferred_bad is None else combiner._deferred_bad | seen
             bad.zero_()
-        return logs

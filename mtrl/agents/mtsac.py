@@ -31,7 +31,7 @@ from mtrl.config import AgentConfig, NetConfig
 from mtrl.mto import Combiner
 from mtrl.mto.base import NonFiniteError
 from mtrl.mto.grads import LossRows, combine_backward, task_mean
-from mtrl.nets import Actor, TaskConditionedMLP, TwinQ, dropout_mask, stack_seeds
+from mtrl.nets import Actor, TaskConditionedMLP, TwinQ, dropout_mask, seed_clip_coefficients, stack_seeds
 from mtrl.utils import set_generator_state
 
 
@@ -39,9 +39,7 @@ def clip_per_seed(params: Sequence[Tensor], max_norm: float) -> Tensor:
     """Scale each seed's slice of the gradients of ``params`` so that its global norm is at most ``max_norm``, as
     ``torch.nn.utils.clip_grad_norm_`` does for one network; returns each seed's norm before clipping ``[S]``."""
     grads = [p.grad for p in params if p.grad is not None]
-    norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])  # [P, S]
-    total = torch.linalg.vector_norm(norms, dim=0)  # [S]
-    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    coef, total = seed_clip_coefficients(grads, max_norm)
     for g in grads:
         g.mul_(coef.view(-1, *[1] * (g.dim() - 1)))
     return total
@@ -300,6 +298,8 @@ class MTSAC:
         which the training loop makes before logging and before saving a checkpoint. Clears every part's record and
         raises the first of critic, actor, temperature (of the first seed that has one).
         """
+        if self.captured is not None:
+            self.captured.flush_finite()
         errors = []
         for part in self.parts.values():
             for combiner in part.combiners:
@@ -506,7 +506,9 @@ class MTSAC:
             if "dropout_generator" in st:
                 set_generator_state(self.dropout_generators[s], st["dropout_generator"])
         self.groups = [g.to(self.device) for g in states[0]["groups"]]
-        self.captured = None  # rebuilt on the new optimizer state at the next update
+        if self.captured is not None:  # keep what it saw, then rebuild it on the new optimizer state
+            self.captured.flush_finite()
+            self.captured = None
 
     def state_dict(self) -> dict[str, Any]:
         """The state of a solo agent (its one seed)."""
