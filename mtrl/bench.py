@@ -83,20 +83,19 @@ def _combiner_flat(name: str, k: int) -> dict[str, Any]:
     return flat
 
 
+def _agent_flat(name: str, k: int, batch: int, hidden: int, extra: dict[str, Any]) -> dict[str, Any]:
+    """The flat config of a benchmark agent: K toy tasks, 3 x ``hidden`` networks, combiner ``name``."""
+    return {
+        "env.toy_tasks": k, "agent.actor.hidden_dim": hidden, "agent.actor.num_layers": 3,
+        "agent.critic.hidden_dim": hidden, "agent.critic.num_layers": 3, "buffer.batch_size": batch,
+        **_combiner_flat(name, k), **extra,
+    }  # fmt: skip
+
+
 def make_agent(name: str, k: int, batch: int, device: torch.device, hidden: int = 400, **extra: Any) -> MTSAC:
     """An MT-SAC agent with 3 x ``hidden`` networks and combiner ``name``, seeded identically for every name."""
-    flat = {
-        "env.toy_tasks": k,
-        "agent.actor.hidden_dim": hidden,
-        "agent.actor.num_layers": 3,
-        "agent.critic.hidden_dim": hidden,
-        "agent.critic.num_layers": 3,
-        "buffer.batch_size": batch,
-        **_combiner_flat(name, k),
-        **extra,
-    }
     torch.manual_seed(0)
-    return build_agent(from_flat(flat), OBS, ACT, k, device)
+    return build_agent(from_flat(_agent_flat(name, k, batch, hidden, extra)), OBS, ACT, k, device)
 
 
 def make_batch(k: int, batch: int, device: torch.device) -> tuple[ReplayBatch, tuple[torch.Tensor, torch.Tensor]]:
@@ -290,11 +289,7 @@ def make_group(name: str, seeds: int, k: int, batch: int, device: torch.device, 
     """A seed group of ``seeds`` MT-SAC agents (seeds 1..N) as :func:`make_agent` builds one."""
     from mtrl.agents.build import make_group_agent
 
-    flat = {
-        "env.toy_tasks": k, "agent.actor.hidden_dim": hidden, "agent.actor.num_layers": 3,
-        "agent.critic.hidden_dim": hidden, "agent.critic.num_layers": 3, "buffer.batch_size": batch,
-        **_combiner_flat(name, k), **extra,
-    }  # fmt: skip
+    flat = _agent_flat(name, k, batch, hidden, extra)
     return make_group_agent([from_flat({**flat, "seed": s}) for s in range(1, seeds + 1)], OBS, ACT, k, device)
 
 

@@ -119,9 +119,13 @@ class Job:
     @property
     def name(self) -> str:
         """The run's name, or ``{method}__s1+s2+s3`` for a seed group."""
-        if len(self.runs) == 1:
-            return self.runs[0].name
-        return f"{self.runs[0].method}__" + "+".join(f"s{r.cfg.seed}" for r in self.runs)
+        return _job_name(self.runs)
+
+
+def _job_name(runs: Sequence[Run]) -> str:
+    if len(runs) == 1:
+        return runs[0].name
+    return f"{runs[0].method}__" + "+".join(f"s{r.cfg.seed}" for r in runs)
 
 
 def weight_vectors(
@@ -375,8 +379,7 @@ def plan(sweep: Sweep, seeds_per_process: int = 1) -> list[Job]:
 
 
 def _job(sweep: Sweep, runs: tuple[Run, ...], status: str, step: int, cmd: list[str]) -> Job:
-    job = Job(runs, status, step, [*cmd, "--no-progress"], Path())
-    return Job(runs, status, step, job.command, sweep.run_dir / f"{job.name}.log")
+    return Job(runs, status, step, [*cmd, "--no-progress"], sweep.run_dir / f"{_job_name(runs)}.log")
 
 
 def _move_aside(path: Path) -> Path:

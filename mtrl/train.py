@@ -235,8 +235,8 @@ def check_memory(cfgs: list[TrainConfig], num_tasks: int, device: torch.device) 
 
 
 class _Member:
-    """One run of a (seed group's) training process: its solo config, run directory, event writer, warm-up action
-    generator and training-episode log."""
+    """One run of a (seed group's) training process: its solo config, run directory, warm-up action generator and
+    training-episode log."""
 
     def __init__(self, cfg: TrainConfig, run: Path, num_tasks: int) -> None:
         self.cfg, self.run = cfg, run
@@ -245,7 +245,6 @@ class _Member:
         # stream of an update has its own generator); saved for checkpoints of earlier versions' layout
         self.torch_rng = torch.Generator().manual_seed(cfg.seed).get_state()
         self.episodes = EpisodeLog(num_tasks)
-        self.writer: SummaryWriter | None = None
 
 
 def train(cfg: TrainConfig, *, run: Path | None = None, command: str = "", progress: bool = True) -> Path:
@@ -363,12 +362,10 @@ def train_group(
                 checkpoint.write_text_atomic(saved, dump_yaml(m.cfg))
     # purge_step: TensorBoard (and mtrl compare) drop what an interrupted segment logged after its checkpoint; what
     # it logged at the checkpoint's step stays (logs and evaluations of a step are written before its checkpoint)
-    for m in members:
-        m.writer = SummaryWriter(str(m.run), purge_step=start + 1 if resuming else None)
-        if start == 0:
-            m.writer.add_text("config", "```\n" + dump_yaml(m.cfg) + "```")
-    writers = [m.writer for m in members]
-    assert all(w is not None for w in writers)
+    writers = [SummaryWriter(str(m.run), purge_step=start + 1 if resuming else None) for m in members]
+    if start == 0:
+        for m, writer in zip(members, writers):
+            writer.add_text("config", "```\n" + dump_yaml(m.cfg) + "```")
     saved_at = start
     total = first.total_steps
 
@@ -414,12 +411,11 @@ def train_group(
         return agent.act(obs, deterministic=True)
 
     def log_evals(step: int, results: list[EvalResult]) -> None:
-        for m, result in zip(members, results):
-            assert m.writer is not None
-            m.writer.add_scalar(tb.SUCCESS, result.mean, step)
+        for writer, result in zip(writers, results):
+            writer.add_scalar(tb.SUCCESS, result.mean, step)
             for name, rate, rets in zip(env.task_names, result.per_task, result.returns):
-                m.writer.add_scalar(f"{tb.SUCCESS}/{name}", float(rate), step)
-                m.writer.add_scalar(f"{tb.RETURN}/{name}", float(rets.mean()), step)
+                writer.add_scalar(f"{tb.SUCCESS}/{name}", float(rate), step)
+                writer.add_scalar(f"{tb.RETURN}/{name}", float(rets.mean()), step)
         bar.set_postfix(success=" ".join(f"{r.mean:.2f}" for r in results))
 
     with contextlib.ExitStack() as stack:
@@ -440,9 +436,8 @@ def train_group(
                 obs.reshape(*shape, -1), action.reshape(*shape, -1), res.reward.reshape(shape),
                 res.next_obs.reshape(*shape, -1), res.terminated.reshape(shape),
             )  # fmt: skip
-            for s, m in enumerate(members):
-                assert m.writer is not None
-                m.episodes.add(StepResult(*(x[s * k : (s + 1) * k] for x in res)), m.writer, step + 1)
+            for s, (m, writer) in enumerate(zip(members, writers)):
+                m.episodes.add(StepResult(*(x[s * k : (s + 1) * k] for x in res)), writer, step + 1)
             obs = res.obs
             if step >= first.warmup_steps:
                 for _ in range(first.updates_per_step):
@@ -457,9 +452,8 @@ def train_group(
             if log_due:
                 now = time.perf_counter()
                 sps = (done - step_log) / (now - t_log)
-                for s, m in enumerate(members):
-                    assert m.writer is not None
-                    _write_logs(m.writer, {key: v[s] for key, v in logs.items()}, env.task_names, sps, done)
+                for s, writer in enumerate(writers):
+                    _write_logs(writer, {key: v[s] for key, v in logs.items()}, env.task_names, sps, done)
                 t_log, step_log = now, done
             if (first.eval_interval and done % first.eval_interval == 0) or done == total:
                 if evaluator is not None:  # evaluated in the worker, logged at `done` when it returns
@@ -471,10 +465,9 @@ def train_group(
                     )
                 evals_done += 1
                 if video_envs and evals_done % first.video_interval == 0:  # always in-process
-                    for s, (m, video_env) in enumerate(zip(members, video_envs)):
-                        assert m.writer is not None
+                    for s, (writer, video_env) in enumerate(zip(writers, video_envs)):
                         policy = partial(agent.act_seed, seed_index=s)
-                        add_gif(m.writer, tb.VIDEO, frames_for_tensorboard(policy, video_env), done)
+                        add_gif(writer, tb.VIDEO, frames_for_tensorboard(policy, video_env), done)
             if evaluator is not None:
                 for at, results in evaluator.poll():
                     log_evals(at, results)
@@ -512,15 +505,14 @@ def _write_logs(writer: SummaryWriter, logs: dict[str, torch.Tensor], names: lis
 
 
 def _close_all(
-    evaluator: AsyncEvaluator | None, bar: tqdm, writers: list[SummaryWriter | None], envs: tuple[Any, ...]
+    evaluator: AsyncEvaluator | None, bar: tqdm, writers: list[SummaryWriter], envs: tuple[Any, ...]
 ) -> None:
     """End the evaluation worker, the progress bar, the event files and the envs (with their worker processes)."""
     if evaluator is not None:
         evaluator.close()
     bar.close()
     for writer in writers:
-        if writer is not None:
-            writer.close()
+        writer.close()
     for e in envs:
         if e is not None:
             e.close()

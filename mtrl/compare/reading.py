@@ -85,7 +85,9 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     return list(found)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A run's YAML file (config.yaml, meta.yaml) as flat keys; empty when the file is absent. Raises ``OSError``,
+    ``UnicodeDecodeError``, ``yaml.YAMLError`` or ``ValueError`` (not a mapping) when it cannot be read."""
     if not path.is_file():
         return {}
     data = yaml.safe_load(path.read_text())
@@ -103,7 +105,7 @@ def load_run(run_dir: str | Path, final_window: float = FINAL_WINDOW) -> Run:
     files = {}
     for name in ("config.yaml", "meta.yaml"):
         try:
-            files[name] = _read_yaml(path / name)
+            files[name] = read_yaml(path / name)
         except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as exc:
             raise ValueError(f"unreadable {name} ({' '.join(str(exc).split())[:120]})") from None
     config, meta = files["config.yaml"], files["meta.yaml"]

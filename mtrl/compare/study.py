@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mtrl.compare.aggregate import MethodResult, SettingResult
-from mtrl.compare.reading import SetApart
+from mtrl.compare.reading import SetApart, read_yaml
 from mtrl.compare.stats import bootstrap_ci, probability_of_improvement
 
 ARMS: dict[str, str] = {
@@ -184,15 +184,13 @@ def study(
 
 
 def _read_config(run: Path) -> dict[str, Any] | None:
+    """A set-apart run's flat config, None where it has none that can be read."""
     import yaml
 
-    from mtrl.config import flatten
-
     try:
-        data = yaml.safe_load((run / "config.yaml").read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return read_yaml(run / "config.yaml") or None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError):
         return None
-    return flatten(data) if isinstance(data, dict) else None
 
 
 _RUN_SUFFIX = re.compile(r"__s\d+(__\d{8}-\d{6})?$")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mtrl.agents.mtsac import MTSAC
-from mtrl.bench import make_agent, make_batch
+from mtrl.bench import make_agent, make_batch, make_group
 from mtrl.buffers import ReplayBatch
 from mtrl.mto.base import NonFiniteError
 
@@ -38,22 +38,15 @@ FEATURES = {
 
 
 def agent(graph: str, seeds: int = 1, **extra) -> MTSAC:
-    """A toy-size agent; ``graph``: off (eager), eager (the captured function uncompiled), compile (fullgraph)."""
+    """A toy-size agent (a group of seeds 1..N for ``seeds`` > 1); ``graph``: off (eager), eager (the captured
+    function uncompiled), compile (fullgraph)."""
     items = {"agent.actor.lr": 1e-3, "agent.critic.lr": 1e-3, **extra}
-    if seeds > 1:
-        items["seed"] = 0
-    a = make_agent(str(items.pop("combiner", "mean")), K, BATCH, CPU, HIDDEN, **items)
-    if seeds > 1:
-        from mtrl.agents.build import make_group_agent
-        from mtrl.config import from_flat
-
-        flat = {
-            "env.toy_tasks": K, "buffer.batch_size": BATCH, "agent.actor.hidden_dim": HIDDEN,
-            "agent.critic.hidden_dim": HIDDEN, "agent.actor.num_layers": 3, "agent.critic.num_layers": 3, **items,
-        }  # fmt: skip
-        torch.manual_seed(0)
-        cfgs = [from_flat({**flat, "seed": s}) for s in range(1, seeds + 1)]
-        a = make_group_agent(cfgs, 39, 4, K, CPU)
+    name = str(items.pop("combiner", "mean"))
+    a = (
+        make_agent(name, K, BATCH, CPU, HIDDEN, **items)
+        if seeds == 1
+        else make_group(name, seeds, K, BATCH, CPU, HIDDEN, **items)
+    )
     a.graph_mode = "" if graph == "off" else graph
     return a
 
